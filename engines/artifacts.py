@@ -1,0 +1,211 @@
+"""Artifact I/O shared by every stage: atomic writes, hashes, versioned JSON, the run manifest.
+
+This lives in `engines`, the bottom layer (numpy + onnxruntime only), so that `calibration` and
+`mimicnorm_deploy` can use it without `engines` ever importing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.errors import UserError
+
+MANIFEST_NAME = "manifest.json"
+RUN_MANIFEST_SCHEMA = "mimicnorm-deploy/run-manifest"
+RUN_MANIFEST_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    A failure (or Ctrl-C) inside the block leaves no half-written artifact behind.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, schema: str, version: int, payload: dict[str, Any]) -> Path:
+    """Write a versioned JSON artifact: `{"schema": ..., "schema_version": ..., **payload}`."""
+    document = {"schema": schema, "schema_version": version, **payload}
+    return atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, Any]:
+    """Read a JSON artifact and check its schema name and version; raise UserError otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such file; check the path or run the stage that writes it")
+    try:
+        document = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{p}: not a JSON file ({exc.__class__.__name__}); pass the {schema} file") from None
+    if not isinstance(document, dict) or document.get("schema") != schema:
+        found = document.get("schema") if isinstance(document, dict) else type(document).__name__
+        raise UserError(f"{p}: expected a {schema} file, found {found!r}; pass the right artifact")
+    if document.get("schema_version") != version:
+        raise UserError(
+            f"{p}: {schema} schema version {document.get('schema_version')} is not supported "
+            f"(this toolkit reads version {version}); re-run the stage that wrote it"
+        )
+    return document
+
+
+def _jsonable(value: Any) -> Any:
+    # numpy scalars/arrays and paths appear in results; JSON gets plain Python values.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that change numbers; absent ones are left out."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "onnx", "onnxruntime", "torch", "tensorrt"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[dist] = md.version(dist)
+    return versions
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def record_artifact(
+    run_dir: str | os.PathLike,
+    artifact: str | os.PathLike,
+    stage: str,
+    inputs: Sequence[str | os.PathLike] = (),
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Add (or replace) `artifact`'s entry in `run_dir/manifest.json`.
+
+    The entry holds the file's sha256, the stage that made it, the sha256 of each input, the
+    stage's parameters, library versions and the machine. Paths are stored relative to run_dir.
+    """
+    run = Path(run_dir)
+    manifest = _load_run_manifest(run)
+    rel = _relative(run, artifact)
+    manifest["artifacts"][rel] = {
+        "sha256": sha256_file(artifact),
+        "stage": stage,
+        "inputs": {_relative(run, i): sha256_file(i) for i in inputs},
+        "params": params or {},
+        "versions": library_versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.machine()},
+        "created": now_utc(),
+    }
+    write_json(run / MANIFEST_NAME, RUN_MANIFEST_SCHEMA, RUN_MANIFEST_VERSION, {"artifacts": manifest["artifacts"]})
+    return manifest["artifacts"][rel]
+
+
+def verify_artifact(run_dir: str | os.PathLike, artifact: str | os.PathLike) -> None:
+    """Raise UserError if `artifact` differs from what the run manifest recorded for it.
+
+    An artifact the manifest does not know (e.g. a file carried to a Jetson on its own) passes:
+    the manifest guards against stale or edited files, it is not required to use one.
+    """
+    run = Path(run_dir)
+    if not (run / MANIFEST_NAME).is_file():
+        return
+    entry = _load_run_manifest(run)["artifacts"].get(_relative(run, artifact))
+    if entry is not None and entry["sha256"] != sha256_file(artifact):
+        raise UserError(
+            f"{artifact}: changed since stage '{entry['stage']}' wrote it (sha256 mismatch with "
+            f"{run / MANIFEST_NAME}); re-run '{entry['stage']}'"
+        )
+
+
+def _load_run_manifest(run: Path) -> dict[str, Any]:
+    path = run / MANIFEST_NAME
+    if not path.is_file():
+        return {"artifacts": {}}
+    return read_json(path, RUN_MANIFEST_SCHEMA, RUN_MANIFEST_VERSION)
+
+
+def _relative(run: Path, path: str | os.PathLike) -> str:
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(run.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+# --- Image sets -------------------------------------------------------------------------------
+# Calibration and evaluation images travel to the target as one small, torch-free format: an
+# .npz with `images` (uint8, N x C x H x W, already resized/padded to the model's input size),
+# optional `labels` (int64, N) and `scale` (float32 scalar). The model input is
+# `images.astype(float32) * scale`: dataset normalization is folded into the model itself, so
+# the deployed engine needs no preprocessing beyond that. npz is read with allow_pickle=False.
+
+
+def save_image_set(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None, scale: float) -> Path:
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 N x C x H x W, got {images.dtype} {images.shape}")
+    arrays = {"images": images, "scale": np.float32(scale)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return Path(path)
+
+
+def load_image_set(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (float32 model inputs N x C x H x W, int64 labels or None)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such image set; pass the .npz written by 'mimicnorm-deploy export'")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            images, scale = data["images"], float(data["scale"])
+            labels = data["labels"] if "labels" in data.files else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"{p}: not an image set ({exc}); pass an .npz with uint8 'images' and a 'scale'"
+        ) from None
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise UserError(f"{p}: image set is empty or not N x C x H x W (shape {images.shape}); re-export it")
+    return images.astype(np.float32) * np.float32(scale), labels
