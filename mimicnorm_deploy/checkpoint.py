@@ -73,7 +73,9 @@ def read_checkpoint_meta(path: str | os.PathLike) -> CheckpointMeta:
         with safe_open(str(p), framework="pt") as fh:
             header = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{p}: not a safetensors checkpoint ({exc}); pass a file written by 'train' or 'freeze'") from None
+        raise UserError(
+            f"{p}: not a safetensors checkpoint ({exc}); pass a file written by 'train' or 'freeze'"
+        ) from None
     if _METADATA_KEY not in header:
         raise UserError(f"{p}: safetensors file without mimicnorm-deploy metadata; pass a file written by 'train'")
     document = json.loads(header[_METADATA_KEY])

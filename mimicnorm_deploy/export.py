@@ -69,7 +69,7 @@ def export_onnx(frozen_checkpoint: str | os.PathLike, out_path: str | os.PathLik
         tolerance = ATOL + RTOL * float(np.abs(expected).max())
         max_diff = float(np.abs(expected - got).max())
         if max_diff > tolerance:
-            raise UserError(f"exported ONNX differs from the frozen model (max |diff| {max_diff:.3g}); please report it")
+            raise UserError(f"exported ONNX differs from the frozen model (max |diff| {max_diff:.3g}); report it")
     return ExportReport(str(out_path), OPSET, nodes, max_diff, tolerance)
 
 

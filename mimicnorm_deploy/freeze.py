@@ -84,7 +84,9 @@ class EquivalenceReport:
 def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
     """The state dict of `model`'s `none` twin, with every norm construct folded in."""
     norm = model.norm_spec
-    centred = set(map(id, centred_convs(model, norm.centre_min_fan_in))) if norm.centre_min_fan_in is not None else set()
+    centred = set()
+    if norm.centre_min_fan_in is not None:
+        centred = set(map(id, centred_convs(model, norm.centre_min_fan_in)))
     folded: dict[str, list[Tensor]] = {}
     handled: set[int] = set()
     for name, module in model.named_modules():

@@ -47,9 +47,12 @@ class Norm:
 
 
 NORMS: dict[str, Norm] = {
-    "mimic": Norm("mimic", conv_bias=True, batchnorm2d=False, residual_scalar=True, logits_bn=True, centre_min_fan_in=50),
-    "bn": Norm("bn", conv_bias=False, batchnorm2d=True, residual_scalar=False, logits_bn=False, centre_min_fan_in=None),
-    "none": Norm("none", conv_bias=True, batchnorm2d=False, residual_scalar=False, logits_bn=False, centre_min_fan_in=None),
+    norm.name: norm
+    for norm in (
+        Norm("mimic", conv_bias=True, batchnorm2d=False, residual_scalar=True, logits_bn=True, centre_min_fan_in=50),
+        Norm("bn", conv_bias=False, batchnorm2d=True, residual_scalar=False, logits_bn=False, centre_min_fan_in=None),
+        Norm("none", conv_bias=True, batchnorm2d=False, residual_scalar=False, logits_bn=False, centre_min_fan_in=None),
+    )
 }
 
 

@@ -48,7 +48,7 @@ class CifarResNet(nn.Module):
         self.stem = ConvNorm(in_chans, widths[0], 3, 1, norm)
         self.relu = nn.ReLU(inplace=True)
         stages, in_width, block_index = [], widths[0], 1
-        for stage, (depth, width) in enumerate(zip(blocks_per_stage, widths)):
+        for stage, (depth, width) in enumerate(zip(blocks_per_stage, widths, strict=True)):
             blocks = []
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
