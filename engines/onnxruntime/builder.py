@@ -1,0 +1,173 @@
+"""Build an ONNX Runtime CPU engine directory: the model, checked to load, plus its manifest.
+
+ONNX Runtime has no serialized engine; the "engine" is the model file and the session options
+it must run with, pinned by a manifest so that `bench` and `evaluate` run exactly what was built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnxruntime as ort
+
+from engines.artifacts import now_utc, sha256_file
+from engines.cpu import cpu_device
+from engines.errors import UserError
+from engines.manifest import ENGINE_MANIFEST_NAME, EngineManifest
+from engines.onnxruntime.runner import BACKEND, GRAPH_OPTIMIZATION_LEVELS, create_session
+
+if TYPE_CHECKING:
+    import onnx
+
+ENGINE_MODEL_FILE = "model.onnx"
+PRECISIONS = ("fp32", "fp16", "int8")
+# Ops that carry INT8 arithmetic, as Q/DQ pairs or as ONNX Runtime's already-fused forms.
+QUANTIZED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+)
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+EXPORT_HINT = "pass the .onnx written by 'mimicnorm-deploy export' or 'calibrate'"
+
+
+def build_engine(
+    model_path: str | os.PathLike,
+    engine_dir: str | os.PathLike,
+    *,
+    precision: str,
+    graph_optimization: str = "all",
+    intra_op_threads: int | None = None,
+) -> EngineManifest:
+    """Copy `model_path` into `engine_dir` (replacing an engine already there), prove ONNX
+    Runtime loads it with these options, and write the manifest. Nothing is left on failure."""
+    model_path, engine_dir = Path(model_path), Path(engine_dir)
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+        raise UserError(
+            f"graph optimization {graph_optimization!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
+        )
+    if intra_op_threads is not None and intra_op_threads < 1:
+        raise UserError(f"intra_op_threads must be >= 1 (or unset for ONNX Runtime's default), got {intra_op_threads}")
+    _check_replaceable(engine_dir)
+    model = _load_model(model_path)
+    found = _graph_precision(model)
+    if found != precision:
+        raise UserError(
+            f"{model_path}: is an {found} model but precision {precision!r} was asked; "
+            f"build it as {found} or pass the {precision} model"
+        )
+
+    session_options = {"graph_optimization": graph_optimization, "intra_op_threads": intra_op_threads}
+    engine_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkdtemp: its 0700 mode would follow the engine into place.
+    staging = engine_dir.parent / f".{engine_dir.name}.{uuid.uuid4().hex}.tmp"
+    staging.mkdir()
+    try:
+        staged_model = staging / ENGINE_MODEL_FILE
+        if _uses_external_data(model):
+            _write_self_contained(model_path, staged_model)
+        else:
+            shutil.copyfile(model_path, staged_model)
+        try:
+            create_session(staged_model, session_options)
+        # ONNX Runtime raises a different pybind class per failure (Fail, InvalidGraph,
+        # NotImplemented, ...) with no common public base; each one means "cannot load".
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"{model_path}: ONNX Runtime {ort.__version__} cannot load it ({reason}); "
+                "re-export with an opset and operators this ONNX Runtime supports"
+            ) from None
+        manifest = EngineManifest(
+            backend=BACKEND,
+            backend_version=ort.__version__,
+            model_file=ENGINE_MODEL_FILE,
+            model_sha256=sha256_file(staged_model),
+            precision=precision,
+            device=cpu_device(),
+            # ONNX Runtime has no build step of its own: the source model's identity is what
+            # a rebuild must reproduce.
+            build_flags={"source_model": str(model_path.resolve()), "source_sha256": sha256_file(model_path)},
+            session_options=session_options,
+            created=now_utc(),
+        )
+        manifest.write(staging)
+        _swap_into_place(staging, engine_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
+def _check_replaceable(engine_dir: Path) -> None:
+    # Replacing a directory deletes it: only do that to an engine or an empty directory, never
+    # to, say, a run directory passed by mistake.
+    if engine_dir.is_file():
+        raise UserError(f"{engine_dir}: is a file; pass a directory path for the engine")
+    if engine_dir.is_dir() and any(engine_dir.iterdir()) and not (engine_dir / ENGINE_MANIFEST_NAME).is_file():
+        raise UserError(f"{engine_dir}: exists and is not an engine directory; pass a new or empty directory")
+
+
+def _load_model(model_path: Path) -> onnx.ModelProto:
+    # onnx is needed to build, not to run: imported here so runners on a target need only onnxruntime.
+    import onnx
+
+    if not model_path.is_file():
+        raise UserError(f"{model_path}: no such file; {EXPORT_HINT}")
+    try:
+        model = onnx.load(os.fspath(model_path), load_external_data=False)
+    # Protobuf raises DecodeError, onnx raises ValueError/RuntimeError: any of them means "not ONNX".
+    except Exception as exc:
+        raise UserError(f"{model_path}: not an ONNX model ({type(exc).__name__}); {EXPORT_HINT}") from None
+    # Arbitrary bytes can parse as an empty protobuf message; a real model has a graph.
+    if model.ir_version == 0 or not model.graph.node:
+        raise UserError(f"{model_path}: not an ONNX model (no graph); {EXPORT_HINT}")
+    return model
+
+
+def _graph_precision(model: onnx.ModelProto) -> str:
+    from onnx import TensorProto
+
+    graph = model.graph
+    if any(node.op_type in QUANTIZED_OPS for node in graph.node):
+        return "int8"
+    value_types = [value.type.tensor_type.elem_type for value in [*graph.input, *graph.value_info, *graph.output]]
+    tensor_types = [init.data_type for init in graph.initializer] + value_types
+    return "fp16" if TensorProto.FLOAT16 in tensor_types else "fp32"
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(init) for init in model.graph.initializer)
+
+
+def _write_self_contained(model_path: Path, target: Path) -> None:
+    # External data files sit next to the source model under names the model records; inlining
+    # them makes the engine one file whose sha256 pins all weights.
+    import onnx
+
+    model = onnx.load(os.fspath(model_path), load_external_data=True)
+    if model.ByteSize() > PROTOBUF_LIMIT_BYTES:
+        raise UserError(f"{model_path}: weights exceed the 2 GiB single-file ONNX limit; this backend needs one file")
+    onnx.save(model, os.fspath(target))
+
+
+def _swap_into_place(staging: Path, engine_dir: Path) -> None:
+    if not engine_dir.exists():
+        os.replace(staging, engine_dir)
+        return
+    # A directory cannot be renamed onto a non-empty one: move the old engine aside first and
+    # put it back if the new one cannot take its place.
+    retired = engine_dir.parent / f".{engine_dir.name}.{uuid.uuid4().hex}.old"
+    os.replace(engine_dir, retired)
+    try:
+        os.replace(staging, engine_dir)
+    except OSError:
+        os.replace(retired, engine_dir)
+        raise
+    shutil.rmtree(retired)

@@ -1,0 +1,84 @@
+import pytest
+import tiny_onnx
+
+from engines import build_engine, load_runner
+from engines.base import Runner, TensorMeta
+from engines.bench import bench_engine, measure_latency, peak_rss_fresh_process
+from engines.errors import UserError
+
+
+@pytest.fixture
+def engine_dir(tmp_path):
+    model_path = tiny_onnx.make_tiny_resnet(tmp_path / "m.onnx")
+    build_engine(model_path, tmp_path / "engine", precision="fp32", intra_op_threads=1)
+    return tmp_path / "engine"
+
+
+def test_latency_statistics_are_ordered_and_consistent(engine_dir):
+    messages = []
+    with load_runner(engine_dir) as runner:
+        result = measure_latency(
+            runner, 8, warmup_s=0.01, min_iterations=20, min_duration_s=0.05, progress=messages.append
+        )
+    assert result.batch_size == 8
+    assert result.iterations >= 20
+    assert result.warmup_iterations >= 3
+    assert 0 < result.min_ms <= result.p50_ms <= result.p90_ms <= result.p95_ms <= result.p99_ms <= result.max_ms
+    assert result.min_ms <= result.mean_ms <= result.max_ms
+    # The loop ran for at least min_duration_s of timed inference, give or take loop overhead.
+    assert result.iterations * result.mean_ms >= 0.5 * 50
+    images_per_s_at_mean = 8 / (result.mean_ms / 1000)
+    assert images_per_s_at_mean / 2 < result.throughput_ips < images_per_s_at_mean * 2
+    assert messages[0] == "batch 8: warm-up"
+    assert messages[-1] == f"batch 8: {result.iterations}/{result.iterations} iterations"
+    assert set(result.to_dict()) >= {"p90_ms", "throughput_ips", "iterations"}
+
+
+def test_max_iterations_caps_the_timed_loop(engine_dir):
+    with load_runner(engine_dir) as runner:
+        result = measure_latency(runner, 1, warmup_s=0, min_iterations=5, min_duration_s=60, max_iterations=7)
+    assert result.iterations == 7
+
+
+class FixedBatchRunner(Runner):
+    """Stands for an engine built for batch 2 only."""
+
+    inputs = [TensorMeta("images", (2, 1, 8, 8), "float32")]
+    outputs = [TensorMeta("logits", (2, 3), "float32")]
+
+    def infer(self, feeds):
+        raise AssertionError("must not run with a wrong batch size")
+
+    def close(self):
+        pass
+
+    def memory(self):
+        return {}
+
+
+def test_fixed_batch_engines_refuse_other_batch_sizes():
+    with pytest.raises(UserError, match="fixed batch size of 2"):
+        measure_latency(FixedBatchRunner(), 8, warmup_s=0, min_iterations=1, min_duration_s=0)
+
+
+def test_rss_probe_reports_peak_above_baseline(engine_dir):
+    memory = peak_rss_fresh_process(engine_dir, batch_size=4, iterations=3)
+    assert memory["peak_rss_bytes"] >= memory["baseline_rss_bytes"] > 10 * 2**20  # numpy + onnxruntime
+
+
+def test_rss_probe_passes_user_errors_through(tmp_path):
+    with pytest.raises(UserError, match="not an engine directory"):
+        peak_rss_fresh_process(tmp_path, batch_size=1, iterations=1)
+
+
+def test_bench_engine_reports_every_batch_size_and_memory(engine_dir):
+    messages = []
+    report = bench_engine(
+        engine_dir, (1, 4), warmup_s=0.01, min_iterations=5, min_duration_s=0.02, progress=messages.append
+    )
+    assert report["engine"]["backend"] == "onnxruntime-cpu"
+    assert [entry["batch_size"] for entry in report["latency"]] == [1, 4]
+    assert report["memory"]["rss_batch_size"] == 4
+    assert report["memory"]["model_file_bytes"] == (engine_dir / "model.onnx").stat().st_size
+    assert report["memory"]["peak_rss_bytes"] >= report["memory"]["baseline_rss_bytes"] > 0
+    assert "memory: fresh process, batch 4" in messages
