@@ -24,7 +24,19 @@ from engines.errors import UserError
 
 
 def max_rss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux but in bytes on macOS.
+    """Peak RSS of this process's own address space.
+
+    On Linux, VmHWM from /proc: ru_maxrss survives fork + exec, so a probe started by a process
+    that had loaded torch would report torch's footprint, not the engine's. Elsewhere ru_maxrss
+    (bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import tiny_onnx
 
@@ -82,3 +83,15 @@ def test_bench_engine_reports_every_batch_size_and_memory(engine_dir):
     assert report["memory"]["model_file_bytes"] == (engine_dir / "model.onnx").stat().st_size
     assert report["memory"]["peak_rss_bytes"] >= report["memory"]["baseline_rss_bytes"] > 0
     assert "memory: fresh process, batch 4" in messages
+
+
+def test_rss_probe_does_not_inherit_the_parents_peak(tmp_path):
+    # Linux keeps ru_maxrss across fork + exec: a probe launched by a process that holds a lot of
+    # memory (torch, a data set) must still report only its own address space.
+    model = tiny_onnx.make_tiny_resnet(tmp_path / "m.onnx")
+    build_engine(model, tmp_path / "engine", precision="fp32")
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB held by this (the parent) process
+    ballast[::512] = 2.0  # touch every page so it is resident
+    report = peak_rss_fresh_process(tmp_path / "engine", batch_size=1, iterations=2)
+    assert report["peak_rss_bytes"] < 300 * 2**20
+    del ballast
