@@ -24,9 +24,8 @@ from mimicnorm_deploy.checkpoint import CheckpointMeta, save_checkpoint
 from mimicnorm_deploy.data import Dataset, augment_batch, to_model_input
 from mimicnorm_deploy.layers import attach_weight_centring
 from mimicnorm_deploy.models import create_model
+from mimicnorm_deploy.schemas import TRAIN_REPORT
 
-TRAIN_REPORT_SCHEMA = "mimicnorm-deploy/train-report"
-TRAIN_REPORT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_REPORT_FILE = "train_report.json"
@@ -67,6 +66,7 @@ class TrainResult:
     final_train_loss: float
     activation_memory: dict[str, int]
     mean_step_ms: float
+    step_ms_percentiles: dict[str, float]  # p10 / p50 / p90 of the timed steps
     epochs: list[dict[str, Any]]
 
 
@@ -221,7 +221,10 @@ def train(
         final_train_loss=epochs_log[-1]["train_loss"],
         activation_memory=activation_memory,
         mean_step_ms=1000 * float(np.mean(step_times)) if step_times else float("nan"),
+        step_ms_percentiles={f"p{q}": 1000 * float(np.percentile(step_times, q)) for q in (10, 50, 90)}
+        if step_times
+        else {},
         epochs=epochs_log,
     )
-    write_json(out / TRAIN_REPORT_FILE, TRAIN_REPORT_SCHEMA, TRAIN_REPORT_VERSION, asdict(result))
+    write_json(out / TRAIN_REPORT_FILE, *TRAIN_REPORT, asdict(result))
     return result

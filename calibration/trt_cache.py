@@ -1,0 +1,100 @@
+"""TensorRT 10 (and older) INT8 calibration cache: write and read the text format.
+
+Format (REFERENCE.md section 4): the first line is `TRT-<version>-<Algorithm>`, then one line per
+tensor, `<tensor name>: <hex>`, the hex being the big-endian bit pattern of the float32 scale
+amax / 127 (`3c010204` is 1/127, amax 1.0). TensorRT silently ignores a cache whose version or
+algorithm does not match the build, so both must be right for the target.
+
+Version number: TensorRT 10's NvInferVersion.h defines NV_TENSORRT_VERSION as
+major * 10000 + minor * 100 + patch (10.3.0 -> 100300, as in JetPack 6 caches:
+`TRT-100300-EntropyCalibration2`); TensorRT 8 used major * 1000 + minor * 100 + patch (8.6.1 -> 8601).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.artifacts import atomic_write_text
+from engines.errors import UserError
+
+# TensorRT's CalibrationAlgoType names as they appear in cache headers.
+ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
+JETPACK6_TRT_VERSION = 100300  # TensorRT 10.3.0
+
+_HEADER = re.compile(r"TRT-(\d+)-(\w+)")
+_ENTRY = re.compile(r"(.+): ([0-9a-fA-F]{1,8})")
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    trt_version: int  # NV_TENSORRT_VERSION of the TensorRT that is to read the cache
+    algorithm: str
+
+    @property
+    def line(self) -> str:
+        return f"TRT-{self.trt_version}-{self.algorithm}"
+
+
+def trt_version_number(version: str) -> int:
+    """NV_TENSORRT_VERSION for a version string such as tensorrt.__version__ ("10.3.0.30" -> 100300)."""
+    parts = version.split(".")
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:3]):
+        raise ValueError(f"not a TensorRT version: {version!r}")
+    major, minor, patch = (int(p) for p in (parts + ["0"])[:3])
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def scale_to_hex(scale: float) -> str:
+    return struct.pack(">f", scale).hex()
+
+
+def hex_to_scale(bits: str) -> float:
+    return struct.unpack(">f", int(bits, 16).to_bytes(4, "big"))[0]
+
+
+def write_calibration_cache(
+    path: str | os.PathLike,
+    scales: dict[str, float],
+    trt_version: int = JETPACK6_TRT_VERSION,
+    algorithm: str = "EntropyCalibration2",
+) -> Path:
+    """Write `scales` (tensor name -> amax / 127) as a TensorRT calibration cache, atomically."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown calibration algorithm {algorithm!r}; TensorRT knows {', '.join(ALGORITHMS)}")
+    lines = [CacheHeader(trt_version, algorithm).line]
+    for name, scale in scales.items():
+        if not name or "\n" in name:
+            raise ValueError(f"tensor name {name!r} cannot be written on one cache line")
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"scale of {name!r} is {scale}; scales must be finite and non-negative")
+        lines.append(f"{name}: {scale_to_hex(scale)}")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_calibration_cache(path: str | os.PathLike) -> tuple[CacheHeader, dict[str, float]]:
+    """Read a TensorRT calibration cache: its header and tensor name -> scale (amax / 127)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such calibration cache; check the path or re-run 'mimicnorm-deploy calibrate'")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a text file; pass a TensorRT calibration cache") from None
+    header = _HEADER.fullmatch(lines[0].strip()) if lines else None
+    if header is None:
+        raise UserError(f"{p}: first line is not 'TRT-<version>-<Algorithm>'; pass a TensorRT calibration cache")
+    scales = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        # The name may itself hold ": " (it is free text); the scale is what follows the last one.
+        entry = _ENTRY.fullmatch(line.rstrip())
+        if entry is None:
+            raise UserError(f"{p}:{number}: not '<tensor>: <hex scale>': {line[:60]!r}; the cache is damaged")
+        scales[entry.group(1)] = hex_to_scale(entry.group(2))
+    return CacheHeader(int(header.group(1)), header.group(2)), scales

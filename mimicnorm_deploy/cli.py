@@ -1,0 +1,246 @@
+"""`mimicnorm-deploy`: one command per stage, each a thin layer over the Python API.
+
+Commands that need torch (train, freeze, export, demo, models) import it when they run, so the
+rest (calibrate, build, bench, report) work on a machine with only the base install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engines.errors import UserError
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _needs_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "this command needs PyTorch: pip install 'mimicnorm-deploy[train]' (CPU build: pip install torch==2.13.0)"
+        ) from None
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    _needs_torch()
+    from mimicnorm_deploy.models import create_model, list_models
+
+    for name in list_models():
+        params = sum(p.numel() for p in create_model(name, norm=args.norm).parameters())
+        print(f"{name:20s} {params / 1e6:7.3f} M parameters ({args.norm})")
+
+
+def _cmd_prepare_data(args: argparse.Namespace) -> None:
+    _needs_torch()
+    from mimicnorm_deploy.data import load_dataset
+    from mimicnorm_deploy.stages import prepare_data
+
+    data = prepare_data(load_dataset(args.dataset, args.data_dir), args.out,
+                        calibration_count=args.calibration_count, seed=args.seed)  # fmt: skip
+    print(f"{data.calibration} ({data.calibration_images} images)\n{data.test} ({data.test_images} images)")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    _needs_torch()
+    from mimicnorm_deploy.data import load_dataset
+    from mimicnorm_deploy.stages import train_stage
+    from mimicnorm_deploy.train import TrainConfig
+
+    config = TrainConfig(
+        arch=args.arch, norm=args.norm, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+    )  # fmt: skip
+    from mimicnorm_deploy.models import create_model
+
+    create_model(args.arch, norm=args.norm)  # fail fast on an unknown name, before loading data
+    result = train_stage(config, load_dataset(args.dataset, args.data_dir), args.out, _progress)
+    print(f"{result.checkpoint}: test accuracy {100 * result.final_test_accuracy:.2f}%")
+
+
+def _cmd_freeze(args: argparse.Namespace) -> None:
+    _needs_torch()
+    from mimicnorm_deploy.stages import freeze_stage
+
+    report = freeze_stage(args.checkpoint, args.out, args.check_images)
+    print(f"{args.out}: max |logit diff| {report.max_abs_diff:.3g} <= {report.tolerance:.3g}, "
+          f"top-1 agreement {100 * report.top1_agreement:.1f}% on {report.check_images} images")  # fmt: skip
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    _needs_torch()
+    from mimicnorm_deploy.stages import export_stage
+
+    report = export_stage(args.frozen, args.out)
+    print(f"{args.out}: opset {report.opset}, nodes {report.nodes}, "
+          f"max |diff| vs torch {report.max_abs_diff_vs_torch:.2g}")  # fmt: skip
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from mimicnorm_deploy.stages import calibrate_stage
+
+    record = calibrate_stage(args.model, args.calib, args.out, per_channel=args.per_channel, target=args.target,
+                             batch_size=args.batch_size, progress=_progress)  # fmt: skip
+    config = record["quantize"]["config"]
+    worst = record["worst_weight_spread"]
+    print(f"{args.out}: INT8 Q/DQ, per_channel={config['per_channel']}, reduce_range={config['reduce_range']}, "
+          f"{record['quantize']['num_calibration_images']} calibration images; "
+          f"worst weight-range spread {worst['spread']:.1f}x ({worst['name']})")  # fmt: skip
+
+
+def _cmd_build(args: argparse.Namespace) -> None:
+    from mimicnorm_deploy.stages import build_stage
+
+    manifest = build_stage(args.model, args.out, precision=args.precision, simulate=args.simulate)
+    print(f"{args.out}: {manifest.backend} {manifest.backend_version}, {manifest.precision}, "
+          f"session options {manifest.session_options}")  # fmt: skip
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from mimicnorm_deploy.evaluate import engine_logits
+    from mimicnorm_deploy.stages import bench_stage
+
+    reference = None
+    if args.reference is not None:
+        if args.eval is None:
+            raise UserError("--reference needs --eval: agreement is measured on the evaluation images")
+        from engines.artifacts import load_image_set
+
+        reference = engine_logits(args.reference, load_image_set(args.eval)[0])
+    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    record, _ = bench_stage(args.engine, args.out, eval_set=args.eval, reference_logits=reference,
+                            batch_sizes=batch_sizes, min_duration_s=args.duration, latency=not args.no_latency,
+                            progress=_progress)  # fmt: skip
+    for r in record.get("latency", []):
+        print(f"batch {r['batch_size']:4d}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, "
+              f"p99 {r['p99_ms']:.3f} ms, {r['throughput_ips']:.0f} img/s ({r['iterations']} iterations)")  # fmt: skip
+    if "accuracy" in record and record["accuracy"]["accuracy"] is not None:
+        print(f"accuracy {100 * record['accuracy']['accuracy']:.2f}% on {record['accuracy']['images']} images")
+    print(f"written {args.out}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from mimicnorm_deploy.report import write_report
+
+    for kind, path in write_report(args.run_dir, args.out).items():
+        print(f"{kind}: {path}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    _needs_torch()
+    from mimicnorm_deploy.pipeline import DemoConfig, run_demo
+
+    config = DemoConfig(out=args.out, dataset=args.dataset, data_dir=args.data_dir, arch=args.arch,
+                        epochs=args.epochs, seed=args.seed, quick=args.quick)  # fmt: skip
+    paths = run_demo(config, _progress)
+    print(Path(paths["markdown"]).read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or synthetic")
+    parser.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files "
+                        "(default /usr/share/datasets/fashion-mnist, from Debian's dataset-fashion-mnist)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimicnorm-deploy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the main job: train MimicNorm + BN twin, freeze, export, INT8, bench, report")
+    _add_data_options(p)
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="list the registered architectures")
+    p.add_argument("--norm", default="mimic")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("prepare-data", help="write calibration (training split) and test image sets")
+    _add_data_options(p)
+    p.add_argument("--out", required=True, help="directory for calib.npz and test.npz")
+    p.add_argument("--calibration-count", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_prepare_data)
+
+    p = sub.add_parser("train", help="train one model")
+    _add_data_options(p)
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--norm", default="mimic", help="mimic, bn or none")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("freeze", help="fold a trained checkpoint into plain conv+bias kernels (checked)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="frozen .safetensors")
+    p.add_argument("--check-images", help="image set (.npz) for the equivalence check (default: random images)")
+    p.set_defaults(func=_cmd_freeze)
+
+    p = sub.add_parser("export", help="export a frozen checkpoint to ONNX")
+    p.add_argument("frozen")
+    p.add_argument("--out", required=True, help="output .onnx")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("calibrate", help="INT8 Q/DQ ONNX (symmetric, zero point 0) for a target")
+    p.add_argument("model", help="FP32 .onnx from export")
+    p.add_argument("--calib", required=True, help="calibration image set (.npz from prepare-data)")
+    p.add_argument("--out", required=True, help="output .onnx (a .json record is written beside it)")
+    p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
+    p.add_argument("--target", default="ort-cpu", help="ort-cpu (this machine's CPU) or tensorrt (full 8-bit)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("build", help="build an ONNX Runtime CPU engine directory")
+    p.add_argument("model")
+    p.add_argument("--out", required=True, help="engine directory")
+    p.add_argument("--precision", required=True, choices=["fp32", "int8"])
+    p.add_argument("--simulate", action="store_true", help="run Q/DQ as float ops (INT8 simulated)")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("bench", help="latency, memory and accuracy of an engine")
+    p.add_argument("engine")
+    p.add_argument("--out", required=True, help="bench .json")
+    p.add_argument("--eval", help="labelled image set (.npz) for accuracy")
+    p.add_argument("--reference", help="FP32 engine directory: top-1 agreement and SQNR against it")
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--duration", type=float, default=2.0, help="minimum timed seconds per batch size")
+    p.add_argument("--no-latency", action="store_true", help="accuracy only")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="JSON + Markdown + PNG report of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    p.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The main job: both models through every stage, then the report. `mimicnorm-deploy demo`."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, VARIANTS, RunLayout
+from mimicnorm_deploy.stages import (
+    Progress,
+    bench_stage,
+    build_stage,
+    calibrate_stage,
+    export_stage,
+    freeze_stage,
+    prepare_data,
+    train_stage,
+)
+
+
+@dataclass
+class DemoConfig:
+    out: str | os.PathLike = "runs/demo"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    arch: str = "resnet20"
+    epochs: float = 2.0
+    batch_size: int = 128
+    lr: float = 0.1
+    calibration_count: int = 512
+    bench_seconds: float = 2.0
+    seed: int = 0
+    # Tests: a few training steps and millisecond benchmarks, every stage still real.
+    quick: bool = False
+
+
+def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
+    from mimicnorm_deploy.data import load_dataset
+    from mimicnorm_deploy.report import write_report
+    from mimicnorm_deploy.train import TrainConfig
+
+    started = time.perf_counter()
+    layout = RunLayout(Path(config.out))
+    dataset = load_dataset(config.dataset, config.data_dir)
+    data = prepare_data(dataset, layout.data_dir, calibration_count=config.calibration_count, seed=config.seed)
+    progress(f"data: {data.calibration_images} calibration images (training split), {data.test_images} test images")
+    bench_seconds = 0.05 if config.quick else config.bench_seconds
+
+    for norm in NORMS_COMPARED:
+        train_config = TrainConfig(
+            arch=config.arch, norm=norm, epochs=config.epochs, batch_size=32 if config.quick else config.batch_size,
+            lr=config.lr, seed=config.seed, max_steps_per_epoch=16 if config.quick else 0,
+        )  # fmt: skip
+        progress(f"[{norm}] train {config.arch} for {train_config.epochs} epochs")
+        train_stage(train_config, dataset, layout.model_dir(norm), progress)
+        equivalence = freeze_stage(layout.checkpoint(norm), layout.frozen(norm), str(layout.calibration_set))
+        progress(f"[{norm}] frozen: max |logit diff| {equivalence.max_abs_diff:.2g} (tolerance "
+                 f"{equivalence.tolerance:.2g}), top-1 agreement {100 * equivalence.top1_agreement:.0f}%")  # fmt: skip
+        export_stage(layout.frozen(norm), layout.onnx(norm))
+        progress(f"[{norm}] exported {layout.onnx(norm)}")
+        for variant in VARIANTS[1:]:
+            record = calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, variant),
+                                     per_channel=variant.endswith("per-channel"), progress=None)  # fmt: skip
+            progress(f"[{norm}] calibrated {variant} (reduce_range={record['quantize']['config']['reduce_range']})")
+
+        reference_logits = None
+        for variant in VARIANTS:
+            precision = "fp32" if variant == "fp32" else "int8"
+            build_stage(layout.onnx(norm, variant), layout.engine(norm, variant), precision=precision)
+            result, logits = bench_stage(
+                layout.engine(norm, variant), layout.bench(norm, variant), eval_set=layout.test_set,
+                reference_logits=reference_logits, min_duration_s=bench_seconds,
+                progress=lambda msg, tag=f"[{norm}] {variant}": progress(f"{tag} {msg}"),
+            )  # fmt: skip
+            if variant == "fp32":
+                reference_logits = logits
+            else:
+                simulated = variant + SIMULATED_SUFFIX
+                build_stage(layout.onnx(norm, variant), layout.engine(norm, simulated), precision=precision,
+                            simulate=True)  # fmt: skip
+                bench_stage(layout.engine(norm, simulated), layout.bench(norm, simulated), eval_set=layout.test_set,
+                            reference_logits=reference_logits, latency=False)  # fmt: skip
+            accuracy = result["accuracy"]["accuracy"]
+            progress(f"[{norm}] {variant}: test accuracy {100 * accuracy:.2f}%")
+
+    paths = write_report(layout.root)
+    progress(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; report: {paths['markdown']}")
+    return paths

@@ -1,0 +1,7 @@
+"""Schema names and versions of the JSON artifacts this package writes (torch-free, so that
+`report` can read them anywhere). Bump a version whenever a field changes meaning or goes away."""
+
+TRAIN_REPORT = ("mimicnorm-deploy/train-report", 1)
+CALIBRATION = ("mimicnorm-deploy/calibration", 1)
+BENCH = ("mimicnorm-deploy/bench", 1)
+REPORT = ("mimicnorm-deploy/report", 1)

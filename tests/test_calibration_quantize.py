@@ -1,0 +1,310 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from tiny_onnx import make_tiny_resnet, random_images
+
+import calibration.quantize
+from calibration.metrics import sqnr_db, top1_agreement
+from calibration.qdq import count_qdq, qdq_zero_point_violations
+from calibration.quantize import QuantizeConfig, quantize_int8
+from engines.errors import UserError
+
+WEIGHTS = {"conv1.weight": 4, "conv2.weight": 4, "fc.weight": 3}  # weight -> output channels (axis 0)
+WEIGHTS_Q = {f"{name}_quantized" for name in WEIGHTS}  # ORT's names for the int8 weight initializers
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory) -> Path:
+    return make_tiny_resnet(tmp_path_factory.mktemp("fp32") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return random_images(64)
+
+
+def run(model_path, images: np.ndarray, *, int8_kernels: bool = True) -> np.ndarray:
+    """Logits from ONNX Runtime; int8_kernels=False disables graph optimizations so Q/DQ is
+    simulated in float instead of fused into ORT's int8 CPU kernels."""
+    options = ort.SessionOptions()
+    if not int8_kernels:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+def weight_dequantize_nodes(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """FP32 weight name -> the DequantizeLinear that now produces it."""
+    return {node.input[0].removesuffix("_quantized"): node for node in model.graph.node if node.input[0] in WEIGHTS_Q}
+
+
+def test_quantized_model_is_valid_and_close_to_fp32(fp32_model, images, tmp_path):
+    out_dir = tmp_path / "out"
+    result = quantize_int8(fp32_model, images, out_dir / "model.int8.onnx", QuantizeConfig(batch_size=16))
+
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.int8.onnx"]  # no ORT or atomic-write leftovers
+    assert sorted(p.name for p in fp32_model.parent.iterdir()) == ["model.onnx"]  # nothing written by the input
+    model = onnx.load(result.output_path)
+    onnx.checker.check_model(model, full_check=True)
+    counts = count_qdq(model)
+    assert counts["QuantizeLinear"] >= 5 and counts["DequantizeLinear"] > counts["QuantizeLinear"]
+    assert result.num_calibration_images == 64
+    assert {"conv1", "conv2", "fc", "residual_add"} <= set(result.quantized_nodes)
+    assert result.config["per_channel"] is False and result.config["extra_options"]["ActivationSymmetric"] is True
+
+    reference = run(fp32_model, images)
+    assert top1_agreement(reference, run(result.output_path, images)) >= 0.95
+    assert sqnr_db(reference, run(result.output_path, images, int8_kernels=False)) > 25
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_zero_points_are_int8_zeros_and_biases_stay_float(fp32_model, images, tmp_path, per_channel):
+    result = quantize_int8(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig(per_channel=per_channel))
+    model = onnx.load(result.output_path)
+    assert qdq_zero_point_violations(model) == []
+    values = arrays(model)
+    qdq_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq_nodes
+    for node in qdq_nodes:
+        zero_point = values[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    # TensorRT cannot parse an int32 DequantizeLinear: biases must reach Conv/Gemm as float initializers.
+    biases = {"conv1.bias", "conv2.bias", "fc.bias"}
+    assert biases <= {init.name for init in model.graph.initializer if init.data_type == TensorProto.FLOAT}
+    assert not any(init.data_type == TensorProto.INT32 for init in model.graph.initializer)
+
+
+def test_per_channel_weight_scales_on_axis_0(fp32_model, images, tmp_path):
+    per_channel = onnx.load(
+        quantize_int8(fp32_model, images, tmp_path / "pc.onnx", QuantizeConfig(per_channel=True)).output_path
+    )
+    per_tensor = onnx.load(quantize_int8(fp32_model, images, tmp_path / "pt.onnx", QuantizeConfig()).output_path)
+    for model, channelwise in ((per_channel, True), (per_tensor, False)):
+        values = arrays(model)
+        dequantize = weight_dequantize_nodes(model)
+        assert set(dequantize) == set(WEIGHTS)
+        for weight, out_channels in WEIGHTS.items():
+            node = dequantize[weight]
+            scale = values[node.input[1]]
+            axis = {a.name: a.i for a in node.attribute}.get("axis", 1)
+            if channelwise:
+                assert axis == 0 and scale.shape == (out_channels,), weight
+                assert len(set(scale.tolist())) == out_channels  # really one scale per channel
+            else:
+                assert scale.shape == (), weight
+
+
+def test_reduce_range_gives_7_bit_weights(fp32_model, images, tmp_path):
+    def largest_weight_level(reduce_range: bool) -> int:
+        config = QuantizeConfig(per_channel=True, reduce_range=reduce_range)
+        values = arrays(onnx.load(quantize_int8(fp32_model, images, tmp_path / "q.onnx", config).output_path))
+        return max(int(np.abs(values[name]).max()) for name in WEIGHTS_Q)
+
+    # ORT's reduced symmetric int8 range is [-64, 64] (not [-64, 63]); full range is [-127, 127].
+    assert largest_weight_level(True) == 64
+    assert largest_weight_level(False) == 127
+
+
+def test_reduce_range_int8_kernels_match_float_simulation(fp32_model, images, tmp_path):
+    # REFERENCE.md section 3: without VNNI, ORT's fused int8 kernels saturate on full-range weights;
+    # with 7-bit weights they must agree with the float simulation of the same Q/DQ file on any CPU.
+    config = QuantizeConfig(per_channel=True, reduce_range=True)
+    path = quantize_int8(fp32_model, images, tmp_path / "q.onnx", config).output_path
+    reference = run(fp32_model, images)
+    kernels, simulated = (
+        sqnr_db(reference, run(path, images)),
+        sqnr_db(reference, run(path, images, int8_kernels=False)),
+    )
+    assert simulated > 25
+    assert abs(kernels - simulated) < 1.0
+
+
+def test_minmax_scales_do_not_depend_on_batch_size(fp32_model, images, tmp_path):
+    scales = [
+        quantize_int8(fp32_model, images, tmp_path / f"b{b}.onnx", QuantizeConfig(batch_size=b)).activation_scales
+        for b in (1, 16, 64)
+    ]
+    assert set(scales[0]) == set(scales[1]) == set(scales[2])
+    for name in scales[0]:
+        np.testing.assert_allclose([s[name] for s in scales[1:]], scales[0][name], rtol=1e-6, err_msg=name)
+
+
+def test_activation_scales_are_amax_over_127_under_fp32_names(fp32_model, images, tmp_path):
+    scales = quantize_int8(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig()).activation_scales
+    # ORT renames the quantized graph output; the result maps it back to the FP32 name.
+    assert {"images", "x_norm", "c1", "r1", "c2", "res", "logits"} <= set(scales)
+
+    probe = onnx.load(fp32_model)
+    probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ("c1", "res"))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, c1, res = session.run(None, {"images": images})
+    for name, values in (("images", images), ("c1", c1), ("res", res), ("logits", logits)):
+        assert scales[name] == pytest.approx(float(np.abs(values).max()) / 127, rel=1e-6), name
+
+
+def _depthwise_bn_folded_like(path: Path, spread: float) -> Path:
+    """A depthwise conv as BN folding leaves it: channel 0's weights are `spread` times larger but its
+    input is as much smaller, so every channel's output has the same range. Per-tensor weight
+    scales then leave channels 1..3 about 127/spread levels; per-channel scales do not."""
+    rng = np.random.default_rng(0)
+    gains = np.array([spread, 1.0, 1.0, 1.0])
+    initializers = [
+        numpy_helper.from_array((1 / gains).reshape(1, 4, 1, 1).astype(np.float32), "in_scale"),
+        numpy_helper.from_array(
+            (rng.normal(0, 1 / 3, (4, 1, 3, 3)) * gains[:, None, None, None]).astype(np.float32), "dw.weight"
+        ),
+        numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "dw.bias"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (3, 4)).astype(np.float32), "fc.weight"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["images", "in_scale"], ["x"], name="input_scale"),
+        helper.make_node("Conv", ["x", "dw.weight", "dw.bias"], ["d"], name="dw", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc.weight"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "depthwise",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def test_uneven_channel_ranges_hurt_per_tensor_more_than_per_channel(tmp_path):
+    # Weight level, on the tiny ResNet with a planted 100x channel: the small channels' weights
+    # survive per-channel INT8 but collapse to a level or two per tensor.
+    planted = make_tiny_resnet(tmp_path / "planted.onnx", channel_scales=np.array([100, 1, 1, 1]))
+    images = random_images(32)
+    fp32_weight = arrays(onnx.load(planted))["conv1.weight"]
+
+    def worst_channel_sqnr(per_channel: bool) -> float:
+        model = onnx.load(
+            quantize_int8(planted, images, tmp_path / "q.onnx", QuantizeConfig(per_channel=per_channel)).output_path
+        )
+        node, values = weight_dequantize_nodes(model)["conv1.weight"], arrays(model)
+        scale = values[node.input[1]].reshape(-1, 1, 1, 1) if per_channel else values[node.input[1]]
+        dequantized = values[node.input[0]].astype(np.float32) * scale
+        return min(sqnr_db(fp32_weight[c], dequantized[c]) for c in range(4))
+
+    assert worst_channel_sqnr(per_channel=True) > 30
+    assert worst_channel_sqnr(per_channel=False) < 15
+
+    # End to end, on a depthwise conv whose outputs have even ranges (as after BN folding).
+    # (The planted ResNet also spreads conv1's output range 100x, which per-tensor activation
+    # quantization pays for in both modes, so it cannot show this difference end to end.)
+    depthwise = _depthwise_bn_folded_like(tmp_path / "dw.onnx", spread=100.0)
+    images = random_images(64, in_chans=4)
+    reference = run(depthwise, images)
+    sqnr = {
+        per_channel: sqnr_db(
+            reference,
+            run(
+                quantize_int8(
+                    depthwise, images, tmp_path / "dwq.onnx", QuantizeConfig(per_channel=per_channel)
+                ).output_path,
+                images,
+                int8_kernels=False,
+            ),
+        )
+        for per_channel in (False, True)
+    }
+    assert sqnr[True] > sqnr[False] + 6
+
+
+def _relu_only_model(path: Path) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["images"], ["y"], name="relu")],
+        "relu",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def _already_quantized(tmp_path: Path, fp32_model: Path, images: np.ndarray) -> Path:
+    return Path(quantize_int8(fp32_model, images, tmp_path / "int8.onnx", QuantizeConfig()).output_path)
+
+
+@pytest.mark.parametrize(
+    ("make_model", "n_images", "config", "message"),
+    [
+        (lambda tmp, fp32, imgs: tmp / "missing.onnx", 64, QuantizeConfig(), "no such file"),
+        (
+            lambda tmp, fp32, imgs: _write(tmp / "text.onnx", b"this is not an ONNX model\n"),
+            64,
+            QuantizeConfig(),
+            "not an ONNX model",
+        ),
+        (
+            lambda tmp, fp32, imgs: _write(tmp / "noise.onnx", np.random.default_rng(0).bytes(4096)),
+            64,
+            QuantizeConfig(),
+            "not an ONNX model",
+        ),
+        (lambda tmp, fp32, imgs: _write(tmp / "empty.onnx", b""), 64, QuantizeConfig(), "not an ONNX model"),
+        (_already_quantized, 64, QuantizeConfig(), "already quantized .*; pass the FP32 model"),
+        (lambda tmp, fp32, imgs: _relu_only_model(tmp / "relu.onnx"), 64, QuantizeConfig(), "no Conv, Gemm or MatMul"),
+        (lambda tmp, fp32, imgs: fp32, 0, QuantizeConfig(), "calibration set is empty"),
+        (lambda tmp, fp32, imgs: fp32, 10, QuantizeConfig(batch_size=32), "has 10 images, fewer than one batch of 32"),
+        (lambda tmp, fp32, imgs: fp32, 64, QuantizeConfig(method="entropy"), "use 'minmax'"),
+        (lambda tmp, fp32, imgs: fp32, 64, QuantizeConfig(batch_size=0), "batch size 0"),
+    ],
+)
+def test_bad_input_raises_user_error_and_writes_nothing(
+    fp32_model, images, tmp_path, make_model, n_images, config, message
+):
+    (tmp_path / "in").mkdir()
+    model_path = make_model(tmp_path / "in", fp32_model, images)
+    out_dir = tmp_path / "out"
+    with pytest.raises(UserError, match=message) as error:
+        quantize_int8(model_path, images[:n_images], out_dir / "model.int8.onnx", config)
+    assert "\n" not in str(error.value)
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("bad_images", "message"),
+    [
+        ((random_images(8) * 255).astype(np.uint8), "pass float32 model inputs"),
+        (random_images(8, size=16), "per image but input 'images'"),
+        (np.full((8, 1, 8, 8), np.nan, np.float32), "NaN"),
+    ],
+)
+def test_bad_calibration_images_raise_user_error(fp32_model, tmp_path, bad_images, message):
+    with pytest.raises(UserError, match=message):
+        quantize_int8(fp32_model, bad_images, tmp_path / "q.onnx", QuantizeConfig(batch_size=8))
+    assert not any(tmp_path.iterdir())
+
+
+def test_refuses_to_overwrite_its_input(fp32_model, images):
+    with pytest.raises(UserError, match="overwrite"):
+        quantize_int8(fp32_model, images, fp32_model, QuantizeConfig())
+    onnx.checker.check_model(onnx.load(fp32_model))
+
+
+def test_failed_check_leaves_no_output(fp32_model, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(calibration.quantize, "qdq_zero_point_violations", lambda model: ["c1_QuantizeLinear"])
+    with pytest.raises(RuntimeError, match="internal error.*c1_QuantizeLinear"):
+        quantize_int8(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig())
+    assert not any(tmp_path.iterdir())
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
