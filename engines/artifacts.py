@@ -10,6 +10,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -60,9 +61,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, schema: str, version: int, payload: dict[str, Any]) -> Path:
-    """Write a versioned JSON artifact: `{"schema": ..., "schema_version": ..., **payload}`."""
-    document = {"schema": schema, "schema_version": version, **payload}
-    return atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Write a versioned JSON artifact: `{"schema": ..., "schema_version": ..., **payload}`.
+
+    Non-finite floats (an SQNR of identical outputs is +inf) become null: strict JSON has no
+    Infinity, and other tools reading these files would reject it.
+    """
+    document = _finite({"schema": schema, "schema_version": version, **payload})
+    text = json.dumps(document, indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, Any]:
@@ -83,6 +89,18 @@ def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, A
             f"(this toolkit reads version {version}); re-run the stage that wrote it"
         )
     return document
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -262,7 +262,7 @@ def _already_quantized(tmp_path: Path, fp32_model: Path, images: np.ndarray) -> 
         (lambda tmp, fp32, imgs: _relu_only_model(tmp / "relu.onnx"), 64, QuantizeConfig(), "no Conv, Gemm or MatMul"),
         (lambda tmp, fp32, imgs: fp32, 0, QuantizeConfig(), "calibration set is empty"),
         (lambda tmp, fp32, imgs: fp32, 10, QuantizeConfig(batch_size=32), "has 10 images, fewer than one batch of 32"),
-        (lambda tmp, fp32, imgs: fp32, 64, QuantizeConfig(method="entropy"), "use 'minmax'"),
+        (lambda tmp, fp32, imgs: fp32, 64, QuantizeConfig(method="kl"), "use one of: minmax, percentile"),
         (lambda tmp, fp32, imgs: fp32, 64, QuantizeConfig(batch_size=0), "batch size 0"),
     ],
 )

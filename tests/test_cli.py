@@ -1,0 +1,157 @@
+"""The CLI end to end on tiny synthetic data, its error contract, and the torch-free side."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+
+from calibration.qdq import count_qdq, qdq_zero_point_violations  # noqa: E402
+from engines.artifacts import save_image_set  # noqa: E402
+from mimicnorm_deploy.cli import main  # noqa: E402
+from mimicnorm_deploy.layout import VARIANTS, RunLayout  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--dataset", "synthetic", "--quick", "--out", str(out)]) == 0
+    return RunLayout(out)
+
+
+def test_demo_runs_every_stage_for_both_models(demo_run):
+    report = json.loads((demo_run.report_dir / "report.json").read_text())
+    assert report["schema"] == "mimicnorm-deploy/report" and report["schema_version"] == 1
+    assert set(report["models"]) == {"mimic", "bn"}
+    for norm, model in report["models"].items():
+        assert set(model["engines"]) == set(VARIANTS)
+        fp32 = model["engines"]["fp32"]
+        assert fp32["accuracy"] > 0.5  # 4 balanced synthetic classes: chance is 0.25
+        for variant in VARIANTS[1:]:
+            engine = model["engines"][variant]
+            assert engine["top1_agreement_vs_fp32"] is not None and engine["simulated_accuracy"] is not None
+            assert engine["latency"]["1"]["p50_ms"] > 0 and engine["memory"]["peak_rss_bytes"] > 0
+        # Exported graphs are BN-free; Q/DQ graphs are symmetric (zero point 0) for TensorRT.
+        assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(demo_run.onnx(norm))).graph.node}
+        for variant in VARIANTS[1:]:
+            qdq = onnx.load(str(demo_run.onnx(norm, variant)))
+            assert count_qdq(qdq)["QuantizeLinear"] > 0 and qdq_zero_point_violations(qdq) == []
+    ratios = report["comparisons"]["mimic_vs_bn"]
+    assert 0 < ratios["activation_memory_ratio"] < 1
+    assert (demo_run.report_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MimicNorm" in (demo_run.report_dir / "report.md").read_text()
+    manifest = json.loads((demo_run.model_dir("mimic") / "manifest.json").read_text())
+    assert manifest["artifacts"]["model.onnx"]["stage"] == "export"
+    assert "frozen.safetensors" in manifest["artifacts"]["model.onnx"]["inputs"]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_missing_dataset(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert "dataset-fashion-mnist" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_architecture(tmp_path, capsys):
+    assert main(["train", "--arch", "resnet21", "--dataset", "synthetic", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown architecture 'resnet21'" in _error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    assert main(["freeze", str(tmp_path / "junk.safetensors"), "--out", str(tmp_path / "f.safetensors")]) == 2
+    assert "not a safetensors checkpoint" in _error_line(capsys)
+    assert not (tmp_path / "f.safetensors").exists()
+
+
+def test_checkpoint_for_another_architecture(demo_run, tmp_path, capsys):
+    # The BN twin's weights under MimicNorm metadata: they do not fit the declared model.
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(demo_run.checkpoint("mimic")), framework="pt") as fh:
+        metadata = fh.metadata()
+    save_file(load_file(str(demo_run.checkpoint("bn"))), str(tmp_path / "swapped.safetensors"), metadata=metadata)
+    assert main(["freeze", str(tmp_path / "swapped.safetensors"), "--out", str(tmp_path / "f.safetensors")]) == 2
+    assert "made for another architecture" in _error_line(capsys)
+    assert not (tmp_path / "f.safetensors").exists()
+
+
+def test_not_onnx(demo_run, tmp_path, capsys):
+    (tmp_path / "junk.onnx").write_text("not a model")
+    out = tmp_path / "q.onnx"
+    assert main(["calibrate", str(tmp_path / "junk.onnx"), "--calib", str(demo_run.calibration_set),
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "not an ONNX model" in _error_line(capsys)
+    assert main(["build", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "e"), "--precision", "fp32"]) == 2
+    assert "not an ONNX model" in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]
+
+
+def test_empty_calibration_set(demo_run, tmp_path, capsys):
+    save_image_set(tmp_path / "empty.npz", np.zeros((0, 1, 16, 16), np.uint8), None, 1 / 255)
+    out = tmp_path / "q.onnx"
+    assert main(["calibrate", str(demo_run.onnx("mimic")), "--calib", str(tmp_path / "empty.npz"),
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "empty" in _error_line(capsys)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_quantized_model_passed_as_fp32(demo_run, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    assert main(["calibrate", str(demo_run.onnx("mimic", "int8-per-tensor")), "--calib",
+                 str(demo_run.calibration_set), "--out", str(out)]) == 2  # fmt: skip
+    assert "already quantized" in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_jetson_side_runs_without_torch(demo_run, tmp_path):
+    """calibrate, build, bench and report from the artifacts, in a process where torch is absent."""
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mimicnorm_deploy", *args], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    needs_torch = cli("models")
+    assert needs_torch.returncode == 2 and "needs PyTorch" in needs_torch.stderr
+    q = tmp_path / "q.onnx"
+    steps = [
+        ("calibrate", str(demo_run.onnx("bn")), "--calib", str(demo_run.calibration_set), "--out", str(q),
+         "--per-channel", "--target", "tensorrt"),
+        ("build", str(q), "--out", str(tmp_path / "engine"), "--precision", "int8"),
+        ("bench", str(tmp_path / "engine"), "--out", str(tmp_path / "bench.json"), "--eval", str(demo_run.test_set),
+         "--reference", str(demo_run.engine("bn", "fp32")), "--duration", "0.05"),
+        ("report", str(demo_run.root), "--out", str(tmp_path / "report")),
+    ]  # fmt: skip
+    for step in steps:
+        done = cli(*step)
+        assert done.returncode == 0, (step[0], done.stderr)
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["accuracy"]["top1_agreement"] > 0.5
+    assert json.loads(q.with_suffix(".json").read_text())["quantize"]["config"]["reduce_range"] is False
+    assert (tmp_path / "report" / "report.md").is_file()
