@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test suite on a fresh machine: set up, then pytest. GPU and TensorRT tests skip where absent.
+set -euo pipefail
+source "$(dirname "$0")/setup_env.sh"
+# The real-data tests need Fashion-MNIST; without it they skip (and say so).
+install_fashion_mnist || echo "warning: dataset-fashion-mnist not installed; real-data tests will skip" >&2
+cd "$ROOT"
+"$VENV/bin/ruff" check .
+status=0
+"$VENV/bin/python" -m pytest -q -ra "$@" || status=$?
+# pytest exits 5 when it collected no test: for this suite that is a failure, not a pass.
+if [ "$status" = 5 ]; then
+  echo "error: pytest collected no tests" >&2
+fi
+exit "$status"
