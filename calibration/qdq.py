@@ -43,7 +43,7 @@ def qdq_zero_point_violations(model: onnx.ModelProto) -> list[str]:
     A DequantizeLinear without one takes its type from its input: fine after a checked
     QuantizeLinear, checked directly when the input is an initializer (a quantized weight).
     """
-    constants = _constant_tensors(model)
+    constants = constant_tensors(model)
     violations = []
     for node in model.graph.node:
         if node.op_type not in QDQ_OPS:
@@ -66,7 +66,7 @@ def qdq_zero_point_violations(model: onnx.ModelProto) -> list[str]:
     return violations
 
 
-def _constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Initializers and Constant-node values of the main graph, by tensor name."""
     tensors = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:

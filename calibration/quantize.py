@@ -4,6 +4,12 @@ Built on `onnxruntime.quantization.quantize_static`. The settings are fixed by w
 accepts (REFERENCE.md section 4): QDQ format, int8 activations and weights, every zero point 0,
 per-channel weight scales on axis 0, and float biases (TensorRT's DequantizeLinear takes int8,
 not the int32 bias ORT would write; ORT's CPU kernels quantize a float bias themselves).
+
+Activation ranges come from `calibration.ranges` (MinMax, Percentile, MSE or TensorRT's entropy)
+and reach quantize_static as its calibration cache, so ORT runs no calibration of its own and
+every activation scale it writes is amax / 127 of the chosen method. One ORT rule changes which
+range a tensor gets: the input of a Relu/Clip takes the Relu's output range, and the output of a
+value-preserving op (Flatten, Reshape, MaxPool, ...) takes its input's range.
 """
 
 from __future__ import annotations
@@ -11,24 +17,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import Error as ProtobufError
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-from calibration.data import ArrayCalibrationReader, ProgressCallback
-from calibration.qdq import QDQ_OPS, is_quantized, qdq_zero_point_violations
+from calibration.data import ProgressCallback
+from calibration.inputs import load_fp32_model
+from calibration.qdq import QDQ_OPS, qdq_zero_point_violations
+from calibration.ranges import DEFAULT_PERCENTILE, ActivationRanges, calibrate_ranges, check_method
 from engines.artifacts import atomic_path
 from engines.errors import UserError
-
-# Ops whose weights INT8 is for; a model without any has nothing worth quantizing.
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
-CALIBRATION_METHODS = ("minmax",)
 
 ORT_EXTRA_OPTIONS = {
     # Zero point 0 everywhere: TensorRT accepts symmetric Q/DQ only.
@@ -43,8 +48,9 @@ ORT_EXTRA_OPTIONS = {
 class QuantizeConfig:
     per_channel: bool = False  # one weight scale per output channel (axis 0) instead of per tensor
     reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI (see REFERENCE.md section 3)
-    method: str = "minmax"  # activation range calibration; only "minmax" so far
-    batch_size: int = 32  # images per calibration batch; MinMax ranges do not depend on it
+    method: str = "minmax"  # activation ranges: minmax, percentile, mse or entropy (calibration.ranges)
+    batch_size: int = 32  # images per calibration batch; the ranges do not depend on it
+    percentile: float = DEFAULT_PERCENTILE  # for method "percentile": the share of |x| kept inside the range
 
 
 @dataclass
@@ -54,6 +60,8 @@ class QuantizeResult:
     num_calibration_images: int
     quantized_nodes: list[str]  # names of the nodes that read at least one dequantized input
     activation_scales: dict[str, float]  # FP32 tensor name -> scale of its QuantizeLinear (amax / 127)
+    amax: dict[str, float] = field(default_factory=dict)  # calibrated amax of every FP32 tensor
+    excluded_nodes: list[str] = field(default_factory=list)  # nodes left in float on request
 
 
 def quantize_int8(
@@ -69,32 +77,83 @@ def quantize_int8(
     once per calibration batch. Bad input raises UserError before anything is written; the output
     appears only once it is complete and checked.
     """
-    _check_config(config)
-    model = _load_fp32_model(Path(model_path))
-    input_name, input_dims = _image_input(model, Path(model_path))
-    images = _calibration_batch_images(calibration_images, input_name, input_dims, config.batch_size, Path(model_path))
-    if Path(output_path).resolve() == Path(model_path).resolve():
-        raise UserError(f"{output_path}: output would overwrite the FP32 input model; pass another output path")
-    reader = ArrayCalibrationReader(images, input_name, config.batch_size, progress)
-    fp32_tensor_names = {i.name for i in model.graph.input} | {o for node in model.graph.node for o in node.output}
+    check_method(config.method, config.percentile, config.batch_size)
+    _check_output_path(model_path, output_path)
+    ranges = calibrate_ranges(
+        model_path,
+        calibration_images,
+        config.method,
+        percentile=config.percentile,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
+    return write_qdq_model(
+        model_path, ranges, output_path, per_channel=config.per_channel, reduce_range=config.reduce_range
+    )
 
-    with atomic_path(output_path) as tmp, _without_pre_process_advice():
+
+def write_qdq_model(
+    model_path: str | os.PathLike,
+    ranges: ActivationRanges,
+    output_path: str | os.PathLike,
+    *,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    nodes_to_exclude: Sequence[str] = (),
+) -> QuantizeResult:
+    """Write the INT8 Q/DQ twin of `model_path` with activation scales amax / 127 from `ranges`.
+
+    Nodes named in `nodes_to_exclude` keep float inputs and outputs (a mixed-precision plan's
+    high-precision layers). `ranges` must have been measured on this very model.
+    """
+    path = Path(model_path)
+    model = load_fp32_model(path)
+    ranges.require_model(path)
+    _check_output_path(model_path, output_path)
+    node_names = {node.name for node in model.graph.node}
+    unknown = [name for name in nodes_to_exclude if name not in node_names]
+    if unknown:
+        raise UserError(f"{path}: no node named {', '.join(map(repr, unknown))}; exclude nodes by their ONNX names")
+    fp32_tensor_names = {i.name for i in model.graph.input} | {o for node in model.graph.node for o in node.output}
+    config = QuantizeConfig(
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        method=ranges.method,
+        batch_size=ranges.batch_size,
+        percentile=ranges.percentile if ranges.percentile is not None else DEFAULT_PERCENTILE,
+    )
+
+    with (
+        tempfile.TemporaryDirectory(prefix="mimicnorm-qdq.") as tmp_dir,
+        atomic_path(output_path) as tmp,
+        _without_pre_process_advice(),
+    ):
+        cache = Path(tmp_dir) / "ranges.json"
+        symmetric_ranges = {
+            name: (np.array(-amax, np.float32), np.array(amax, np.float32)) for name, amax in ranges.amax.items()
+        }
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, symmetric_ranges), cache)
         # A ModelProto, not the path: given a path, ORT writes `<model>-inferred.onnx` next to the
         # input model (and leaves it there if anything fails). Its other temporary files go to the
         # system temp directory.
         quantize_static(
             model,
             tmp,
-            reader,
+            None,  # the cache holds every range: ORT runs no calibration
             quant_format=QuantFormat.QDQ,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(nodes_to_exclude),
             calibrate_method=CalibrationMethod.MinMax,
             extra_options=dict(ORT_EXTRA_OPTIONS),
+            calibration_cache_path=cache,
         )
         quantized = onnx.load(str(tmp))
+        if nodes_to_exclude:
+            _feed_float_inputs(quantized, set(nodes_to_exclude))
+            onnx.save(quantized, tmp)
         violations = qdq_zero_point_violations(quantized)
         if violations:
             raise RuntimeError(
@@ -111,88 +170,47 @@ def quantize_int8(
             "weight_type": "QInt8",
             "extra_options": dict(ORT_EXTRA_OPTIONS),
         },
-        num_calibration_images=len(images),
+        num_calibration_images=ranges.num_images,
         quantized_nodes=_quantized_node_names(quantized),
         activation_scales=_activation_scales(quantized, fp32_tensor_names),
+        amax=dict(ranges.amax),
+        excluded_nodes=list(nodes_to_exclude),
     )
 
 
-def _check_config(config: QuantizeConfig) -> None:
-    if config.method not in CALIBRATION_METHODS:
-        raise UserError(
-            f"calibration method {config.method!r} is not available; use 'minmax' (Percentile and Entropy "
-            "come with the calibration issue: ONNX Runtime's Entropy silently returns MinMax ranges)"
-        )
-    if config.batch_size < 1:
-        raise UserError(f"calibration batch size {config.batch_size} is not positive; pass a batch size of 1 or more")
+def _check_output_path(model_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
+    if Path(output_path).resolve() == Path(model_path).resolve():
+        raise UserError(f"{output_path}: output would overwrite the FP32 input model; pass another output path")
 
 
-def _load_fp32_model(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; pass the FP32 ONNX model written by 'mimicnorm-deploy export'")
-    try:
-        model = onnx.load(str(path))
-        # Protobuf parses many non-ONNX byte strings without complaint; an empty graph gives them away.
-        if not model.graph.node:
-            raise ValueError("no graph")
-        onnx.checker.check_model(model)
-    except (ProtobufError, OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise UserError(f"{path}: not an ONNX model ({exc.__class__.__name__}); pass the FP32 .onnx file") from None
-    if is_quantized(model):
-        raise UserError(f"{path}: already quantized (has Q/DQ or quantized ops); pass the FP32 model")
-    if not any(node.op_type in WEIGHTED_OPS for node in model.graph.node):
-        raise UserError(f"{path}: model has no Conv, Gemm or MatMul to quantize; pass the CNN's FP32 model")
-    return model
+def _feed_float_inputs(model: onnx.ModelProto, node_names: set[str]) -> None:
+    """Give the named nodes their float inputs back, and drop the Q/DQ pairs nothing reads any more.
 
-
-def _image_input(model: onnx.ModelProto, path: Path) -> tuple[str, list[int | None]]:
-    """Name and N, C, H, W dims (None where symbolic) of the model's one image input."""
-    initializer_names = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializer_names]
-    if len(inputs) != 1:
-        raise UserError(
-            f"{path}: model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-            "calibration feeds one image input: export the model with a single input"
-        )
-    tensor_type = inputs[0].type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    if tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4:
-        raise UserError(f"{path}: input '{inputs[0].name}' is not a float32 N x C x H x W tensor; export the FP32 CNN")
-    return inputs[0].name, dims
-
-
-def _calibration_batch_images(
-    images: np.ndarray, input_name: str, dims: list[int | None], batch_size: int, path: Path
-) -> np.ndarray:
-    """Check that `images` fit the model input and make at least one batch; return them as float32."""
-    images = np.asarray(images)
-    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
-        raise UserError(
-            f"calibration images are {images.dtype} with shape {images.shape}; pass float32 model inputs "
-            "N x C x H x W (engines.artifacts.load_image_set applies the image set's scale)"
-        )
-    if len(images) == 0:
-        raise UserError("calibration set is empty; pass the calibration image set written by 'mimicnorm-deploy export'")
-    if len(images) < batch_size:
-        raise UserError(
-            f"calibration set has {len(images)} images, fewer than one batch of {batch_size}; "
-            "pass more images or a smaller batch size"
-        )
-    if not np.isfinite(images).all():
-        raise UserError("calibration images contain NaN or infinity; re-export the calibration image set")
-    if any(want is not None and want != got for want, got in zip(dims[1:], images.shape[1:], strict=True)):
-        expected = " x ".join(str(d) if d is not None else "?" for d in dims[1:])
-        raise UserError(
-            f"calibration images are {' x '.join(map(str, images.shape[1:]))} per image but input "
-            f"'{input_name}' of {path} takes {expected}; export the calibration set at the model's input size"
-        )
-    fixed_batch = dims[0]
-    if fixed_batch is not None and (batch_size != fixed_batch or len(images) % fixed_batch):
-        raise UserError(
-            f"{path}: input '{input_name}' has a fixed batch of {fixed_batch}; use batch size {fixed_batch} "
-            f"and a multiple of {fixed_batch} images, or export with a dynamic batch axis"
-        )
-    return images.astype(np.float32, copy=False)
+    ORT leaves an excluded node's weights float but still feeds it the dequantized copy of an
+    activation that it shares with quantized consumers, so the layer would see INT8 rounding.
+    """
+    producers = {output: node for node in model.graph.node for output in node.output}
+    for node in model.graph.node:
+        if node.name not in node_names:
+            continue
+        for index, name in enumerate(node.input):
+            dequantize = producers.get(name)
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                continue
+            quantize = producers.get(dequantize.input[0])
+            if quantize is not None and quantize.op_type == "QuantizeLinear":
+                node.input[index] = quantize.input[0]
+    graph_outputs = {output.name for output in model.graph.output}
+    while True:
+        read = {name for node in model.graph.node for name in node.input} | graph_outputs
+        unread = [n for n in model.graph.node if n.op_type in QDQ_OPS and not any(o in read for o in n.output)]
+        if not unread:
+            break
+        for node in unread:
+            model.graph.node.remove(node)
+    read = {name for node in model.graph.node for name in node.input}
+    for initializer in [i for i in model.graph.initializer if i.name not in read]:
+        model.graph.initializer.remove(initializer)
 
 
 def _quantized_node_names(model: onnx.ModelProto) -> list[str]:

@@ -5,6 +5,10 @@ tensor, `<tensor name>: <hex>`, the hex being the big-endian bit pattern of the 
 amax / 127 (`3c010204` is 1/127, amax 1.0). TensorRT silently ignores a cache whose version or
 algorithm does not match the build, so both must be right for the target.
 
+`write_model_calibration_cache` writes the cache of calibrated `ActivationRanges` with a sidecar
+JSON (`<cache>.json`) holding the model's sha256; `load_model_calibration_cache` refuses a cache
+whose model has changed since, as TensorRT itself would silently use stale scales.
+
 Version number: TensorRT 10's NvInferVersion.h defines NV_TENSORRT_VERSION as
 major * 10000 + minor * 100 + patch (10.3.0 -> 100300, as in JetPack 6 caches:
 `TRT-100300-EntropyCalibration2`); TensorRT 8 used major * 1000 + minor * 100 + patch (8.6.1 -> 8601).
@@ -19,12 +23,16 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.artifacts import atomic_write_text
+import numpy as np
+
+from calibration.ranges import ActivationRanges
+from engines.artifacts import atomic_write_text, read_json, sha256_file, write_json
 from engines.errors import UserError
 
 # TensorRT's CalibrationAlgoType names as they appear in cache headers.
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 JETPACK6_TRT_VERSION = 100300  # TensorRT 10.3.0
+SIDECAR_SCHEMA = ("mimicnorm-deploy/trt-calibration-cache", 1)
 
 _HEADER = re.compile(r"TRT-(\d+)-(\w+)")
 _ENTRY = re.compile(r"(.+): ([0-9a-fA-F]{1,8})")
@@ -98,3 +106,58 @@ def read_calibration_cache(path: str | os.PathLike) -> tuple[CacheHeader, dict[s
             raise UserError(f"{p}:{number}: not '<tensor>: <hex scale>': {line[:60]!r}; the cache is damaged")
         scales[entry.group(1)] = hex_to_scale(entry.group(2))
     return CacheHeader(int(header.group(1)), header.group(2)), scales
+
+
+def sidecar_path(cache_path: str | os.PathLike) -> Path:
+    return Path(f"{cache_path}.json")
+
+
+def write_model_calibration_cache(
+    path: str | os.PathLike,
+    ranges: ActivationRanges,
+    trt_version: int = JETPACK6_TRT_VERSION,
+    algorithm: str = "EntropyCalibration2",
+) -> Path:
+    """Write the TensorRT cache of `ranges` (scale amax / 127 under each FP32 ONNX tensor name) and its sidecar.
+
+    `algorithm` names the calibrator class the TensorRT build will read the cache with (TensorRT
+    drops a cache whose header names another), not how the ranges were found: the sidecar
+    records that. EntropyCalibration2 is the one DLA accepts.
+    """
+    scales = {name: float(np.float32(amax) / np.float32(127)) for name, amax in ranges.amax.items()}
+    write_calibration_cache(path, scales, trt_version, algorithm)
+    write_json(
+        sidecar_path(path),
+        *SIDECAR_SCHEMA,
+        {
+            "cache_sha256": sha256_file(path),
+            "model_sha256": ranges.model_sha256,
+            "calibration_sha256": ranges.calibration_sha256,
+            "method": ranges.method,
+            "percentile": ranges.percentile,
+            "header": CacheHeader(trt_version, algorithm).line,
+        },
+    )
+    return Path(path)
+
+
+def load_model_calibration_cache(
+    path: str | os.PathLike, model_path: str | os.PathLike
+) -> tuple[CacheHeader, dict[str, float]]:
+    """Read a cache written by write_model_calibration_cache, refusing it unless it belongs to `model_path`."""
+    sidecar = sidecar_path(path)
+    if Path(path).is_file() and not sidecar.is_file():
+        raise UserError(
+            f"{path}: no {sidecar.name} beside it, so nothing says which model it was calibrated on; "
+            "re-run 'mimicnorm-deploy calibrate' for this model"
+        )
+    header, scales = read_calibration_cache(path)
+    record = read_json(sidecar, *SIDECAR_SCHEMA)
+    if sha256_file(path) != record["cache_sha256"]:
+        raise UserError(f"{path}: changed since it was written (sha256 differs from {sidecar.name}); re-run calibrate")
+    if sha256_file(model_path) != record["model_sha256"]:
+        raise UserError(
+            f"{path}: stale calibration cache, made for another model than {model_path} "
+            f"(sha256 {record['model_sha256'][:12]}...); re-run calibrate on this model"
+        )
+    return header, scales

@@ -10,7 +10,8 @@ from tiny_onnx import make_tiny_resnet, random_images
 import calibration.quantize
 from calibration.metrics import sqnr_db, top1_agreement
 from calibration.qdq import count_qdq, qdq_zero_point_violations
-from calibration.quantize import QuantizeConfig, quantize_int8
+from calibration.quantize import QuantizeConfig, quantize_int8, write_qdq_model
+from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
 
 WEIGHTS = {"conv1.weight": 4, "conv2.weight": 4, "fc.weight": 3}  # weight -> output channels (axis 0)
@@ -148,6 +149,64 @@ def test_activation_scales_are_amax_over_127_under_fp32_names(fp32_model, images
     logits, c1, res = session.run(None, {"images": images})
     for name, values in (("images", images), ("c1", c1), ("res", res), ("logits", logits)):
         assert scales[name] == pytest.approx(float(np.abs(values).max()) / 127, rel=1e-6), name
+
+
+# ORT gives a Relu's (or Clip's) input the Relu's output range, and a value-preserving op's
+# output (Flatten) its input's range; every other scale is the tensor's own amax / 127.
+ORT_SHARED_RANGES = {"c1": "r1", "res": "r2", "flat": "pooled"}
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
+def test_written_scales_are_the_chosen_methods_amax_over_127(fp32_model, images, tmp_path, method):
+    ranges = calibrate_ranges(fp32_model, images, method, batch_size=16)
+    result = write_qdq_model(fp32_model, ranges, tmp_path / "q.onnx")
+    assert set(result.activation_scales) == set(ranges.amax)  # every tensor of the graph
+    for name, scale in result.activation_scales.items():
+        amax = ranges.amax[ORT_SHARED_RANGES.get(name, name)]
+        assert scale == float(np.float32(amax) / np.float32(127)), name
+    assert result.amax == ranges.amax and result.config["method"] == method
+    assert qdq_zero_point_violations(onnx.load(result.output_path)) == []
+
+
+def test_quantize_int8_uses_the_configured_method(fp32_model, images, tmp_path):
+    config = QuantizeConfig(method="percentile", percentile=99.0, batch_size=16)
+    result = quantize_int8(fp32_model, images, tmp_path / "q.onnx", config)
+    ranges = calibrate_ranges(fp32_model, images, "percentile", percentile=99.0, batch_size=16)
+    assert result.amax == ranges.amax
+    assert result.config["method"] == "percentile" and result.config["percentile"] == 99.0
+    minmax = calibrate_ranges(fp32_model, images, "minmax").amax
+    assert result.activation_scales["r2"] < minmax["r2"] / 127  # really clipped, not MinMax under another name
+
+
+def test_excluded_nodes_stay_float(fp32_model, images, tmp_path):
+    ranges = calibrate_ranges(fp32_model, images)
+    result = write_qdq_model(fp32_model, ranges, tmp_path / "q.onnx", nodes_to_exclude=["conv2"])
+    model = onnx.load(result.output_path)
+    onnx.checker.check_model(model, full_check=True)
+    nodes = {node.name: node for node in model.graph.node}
+    # float activation and weight, though r1 stays quantized for the residual Add that shares it
+    assert list(nodes["conv2"].input) == ["r1", "conv2.weight", "conv2.bias"]
+    assert nodes["residual_add"].input[1] == "r1_DequantizeLinear_Output"
+    assert "conv2" not in result.quantized_nodes
+    assert {"conv1", "fc"} <= set(result.quantized_nodes) and result.excluded_nodes == ["conv2"]
+    assert sqnr_db(run(fp32_model, images), run(result.output_path, images, int8_kernels=False)) > 25
+
+    # fc was the only reader of flat's Q/DQ pair: no pair may be left dangling
+    head_float = onnx.load(
+        write_qdq_model(fp32_model, ranges, tmp_path / "q1.onnx", nodes_to_exclude=["fc"]).output_path
+    )
+    read = {name for node in head_float.graph.node for name in node.input} | {o.name for o in head_float.graph.output}
+    assert all(node.output[0] in read for node in head_float.graph.node)
+    assert next(node for node in head_float.graph.node if node.name == "fc").input[0] == "flat"
+    with pytest.raises(UserError, match="no node named 'conv9'"):
+        write_qdq_model(fp32_model, ranges, tmp_path / "q2.onnx", nodes_to_exclude=["conv9"])
+
+
+def test_ranges_of_another_model_are_refused(fp32_model, images, tmp_path):
+    other = make_tiny_resnet(tmp_path / "other.onnx", seed=3)
+    with pytest.raises(UserError, match="calibrated on another model"):
+        write_qdq_model(other, calibrate_ranges(fp32_model, images), tmp_path / "q.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.onnx"]
 
 
 def _depthwise_bn_folded_like(path: Path, spread: float) -> Path:

@@ -1,13 +1,20 @@
+import json
+
 import numpy as np
 import pytest
+from tiny_onnx import make_tiny_resnet, random_images
 
+from calibration.ranges import calibrate_ranges
 from calibration.trt_cache import (
     CacheHeader,
     hex_to_scale,
+    load_model_calibration_cache,
     read_calibration_cache,
     scale_to_hex,
+    sidecar_path,
     trt_version_number,
     write_calibration_cache,
+    write_model_calibration_cache,
 )
 from engines.errors import UserError
 
@@ -94,3 +101,47 @@ def test_trt_version_number(version, number):
 def test_trt_version_number_rejects_garbage():
     with pytest.raises(ValueError):
         trt_version_number("ten")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    model = make_tiny_resnet(tmp_path_factory.mktemp("model") / "model.onnx")
+    return model, calibrate_ranges(model, random_images(32), "entropy", batch_size=16)
+
+
+def test_model_cache_holds_amax_over_127_under_onnx_names(calibrated, tmp_path):
+    model, ranges = calibrated
+    path = write_model_calibration_cache(tmp_path / "model.cache", ranges, trt_version=100300)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "TRT-100300-EntropyCalibration2"
+    # graph input first, then every node output, in graph order: the names TensorRT's ONNX parser gives them
+    assert [line.split(": ")[0] for line in lines[1:]] == [
+        "images", "x_scaled", "x_norm", "c1", "r1", "c2", "res", "r2", "pooled", "flat", "logits"
+    ]  # fmt: skip
+    header, scales = load_model_calibration_cache(path, model)
+    assert header == CacheHeader(100300, "EntropyCalibration2")
+    for name, amax in ranges.amax.items():
+        assert scales[name] == np.float32(amax) / np.float32(127), name
+        assert f"{name}: {scale_to_hex(float(np.float32(amax) / np.float32(127)))}" in lines
+    sidecar = json.loads(sidecar_path(path).read_text())
+    assert sidecar["model_sha256"] == ranges.model_sha256 and sidecar["method"] == "entropy"
+
+
+def test_stale_cache_is_refused(calibrated, tmp_path):
+    model, ranges = calibrated
+    path = write_model_calibration_cache(tmp_path / "model.cache", ranges)
+    retrained = make_tiny_resnet(tmp_path / "retrained.onnx", seed=5)
+    with pytest.raises(UserError, match="stale calibration cache"):
+        load_model_calibration_cache(path, retrained)
+
+
+def test_edited_or_orphan_cache_is_refused(calibrated, tmp_path):
+    model, ranges = calibrated
+    path = write_model_calibration_cache(tmp_path / "model.cache", ranges)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "images: 3f800000", *lines[2:]]) + "\n")  # a hand-edited scale
+    with pytest.raises(UserError, match="changed since it was written"):
+        load_model_calibration_cache(path, model)
+    sidecar_path(path).unlink()
+    with pytest.raises(UserError, match="nothing says which model"):
+        load_model_calibration_cache(path, model)

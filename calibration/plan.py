@@ -1,0 +1,321 @@
+"""Mixed-precision plans: which Conv/Gemm/MatMul runs in INT8 and which in high precision, chosen by an accuracy gate.
+
+1. Sensitivity: for every quantizable layer, the logits SQNR of the model with only that layer in
+   INT8 (its input activation and weights through Q/DQ), run by ONNX Runtime with graph
+   optimizations off, i.e. Q/DQ simulated in float, the same numbers on every CPU.
+2. The planner starts from all layers in INT8 and moves the most sensitive layer to the high
+   precision type, one at a time, until the held-out images pass the gate (top-1 drop and/or
+   logits SQNR against the FP32 model); each move is recorded with its reason.
+3. `write_mixed_model` writes the plan as a Q/DQ model whose high-precision layers read float
+   activations and weights: FP32 (CPU targets), or FP16 (GPU targets: everything but the Q/DQ
+   nodes in FP16, `fp16.convert_qdq_fp16`). The gate is measured on exactly that model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from calibration.fp16 import convert_fp16, convert_qdq_fp16
+from calibration.inputs import WEIGHTED_OPS, calibration_batch_images, image_input, load_fp32_model
+from calibration.metrics import accuracy, sqnr_db, top1_agreement
+from calibration.quantize import QuantizeResult, write_qdq_model
+from calibration.ranges import ActivationRanges, images_sha256
+from engines.artifacts import atomic_path, read_json, sha256_file, write_json
+from engines.errors import UserError
+
+PLAN_SCHEMA = ("mimicnorm-deploy/precision-plan", 1)
+HIGH_PRECISIONS = ("fp16", "fp32")
+EVAL_BATCH = 256  # images per ONNX Runtime run when scoring a candidate model
+
+# message(text): one line per step of the planner (sensitivity of each layer, each move).
+PlanProgress = Callable[[str], None]
+
+
+@dataclass
+class Gate:
+    """What the planned model must keep on the held-out images. At least one bound is required."""
+
+    max_top1_drop: float | None = None  # fraction: 0.01 = one point of top-1 (labels) or of agreement with FP32
+    min_logits_sqnr_db: float | None = None
+
+    def check(self) -> None:
+        if self.max_top1_drop is None and self.min_logits_sqnr_db is None:
+            raise UserError("accuracy gate is empty; give a maximum top-1 drop and/or a minimum logits SQNR")
+        if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 1:
+            raise UserError(f"maximum top-1 drop {self.max_top1_drop} is not a fraction in [0, 1]; pass e.g. 0.01")
+
+
+@dataclass
+class GateResult:
+    top1_drop: float  # FP32 accuracy minus this model's (with labels), else 1 - top-1 agreement with FP32
+    logits_sqnr_db: float
+    passed: bool
+
+
+@dataclass
+class LayerSensitivity:
+    node: str
+    op_type: str
+    logits_sqnr_db: float  # with only this layer in INT8; lower = more sensitive
+
+
+@dataclass
+class Move:
+    node: str
+    to: str  # the high precision type
+    reason: str
+
+
+@dataclass
+class PrecisionPlan:
+    model_sha256: str
+    calibration_sha256: str  # of the images the ranges were calibrated on
+    holdout_sha256: str  # of the held-out images the gate was measured on
+    method: str  # activation range calibration (calibration.ranges)
+    per_channel: bool
+    reduce_range: bool
+    high_precision: str  # "fp32" (CPU targets) or "fp16" (GPU targets)
+    gate: Gate
+    layers: dict[str, str]  # every Conv/Gemm/MatMul node name -> "int8" or the high precision type
+    sensitivity: list[LayerSensitivity]  # graph order
+    moved: list[Move] = field(default_factory=list)  # in the order the planner moved them
+    result: GateResult | None = None  # the gate measured on the final plan
+
+    @property
+    def high_precision_nodes(self) -> list[str]:
+        return [node for node, precision in self.layers.items() if precision != "int8"]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(path, *PLAN_SCHEMA, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PrecisionPlan:
+        document = read_json(path, *PLAN_SCHEMA)
+        fields = {name: document[name] for name in cls.__dataclass_fields__}
+        fields["gate"] = Gate(**fields["gate"])
+        fields["sensitivity"] = [LayerSensitivity(**s) for s in fields["sensitivity"]]
+        fields["moved"] = [Move(**m) for m in fields["moved"]]
+        if fields["result"] is not None:
+            result = fields["result"]
+            # JSON has no infinity: an SQNR of identical logits is written as null.
+            sqnr = result["logits_sqnr_db"]
+            fields["result"] = GateResult(result["top1_drop"], float("inf") if sqnr is None else sqnr, result["passed"])
+        return cls(**fields)
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Conv/Gemm/MatMul nodes with a weight initializer: the layers a plan assigns, in graph order."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [
+        node
+        for node in model.graph.node
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in initializers
+    ]
+
+
+def layer_sensitivity(
+    model_path: str | os.PathLike,
+    ranges: ActivationRanges,
+    images: np.ndarray,
+    *,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    progress: PlanProgress | None = None,
+) -> list[LayerSensitivity]:
+    """Logits SQNR with one layer at a time in INT8 (all else FP32), on `images`, in graph order."""
+    model = _planned_model(model_path, ranges)
+    reference = _logits(model_path, images)
+    all_nodes = [node.name for node in model.graph.node]
+    sensitivity = []
+    with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
+        for node in quantizable_nodes(model):
+            others = [name for name in all_nodes if name != node.name]
+            result = write_qdq_model(
+                model_path,
+                ranges,
+                Path(tmp) / "one_layer.onnx",
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                nodes_to_exclude=others,
+            )
+            sqnr = sqnr_db(reference, _logits(result.output_path, images))
+            sensitivity.append(LayerSensitivity(node.name, node.op_type, sqnr))
+            if progress is not None:
+                progress(f"sensitivity: {node.name} alone in INT8 gives logits SQNR {sqnr:.1f} dB")
+    return sensitivity
+
+
+def plan_precision(
+    model_path: str | os.PathLike,
+    ranges: ActivationRanges,
+    holdout_images: np.ndarray,
+    gate: Gate,
+    *,
+    holdout_labels: np.ndarray | None = None,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    high_precision: str = "fp32",
+    progress: PlanProgress | None = None,
+) -> PrecisionPlan:
+    """Plan INT8 for as many layers as the gate allows, moving the most sensitive ones out first.
+
+    `holdout_images` (float32 N x C x H x W) are calibration-split images not used for `ranges`;
+    with `holdout_labels` the top-1 drop is FP32 accuracy minus the plan's, else the share of
+    images whose top-1 class changes. Raises UserError when even the all-high-precision model
+    fails the gate (FP16 can; FP32 cannot).
+    """
+    gate.check()
+    if high_precision not in HIGH_PRECISIONS:
+        raise UserError(f"high precision {high_precision!r} is not one of {', '.join(HIGH_PRECISIONS)}")
+    model = _planned_model(model_path, ranges)
+    input_name, dims = image_input(model, Path(model_path))
+    holdout_images = calibration_batch_images(holdout_images, input_name, dims, 1, Path(model_path))
+    if holdout_labels is not None and np.shape(holdout_labels) != (len(holdout_images),):
+        raise UserError(f"{np.shape(holdout_labels)} held-out labels for {len(holdout_images)} images; pass one each")
+    reference = _logits(model_path, holdout_images)
+
+    def measure(layers: dict[str, str]) -> GateResult:
+        with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
+            path = Path(tmp) / "plan.onnx"
+            _write(model_path, ranges, layers, path, per_channel, reduce_range, high_precision)
+            return _gate_result(reference, _logits(path, holdout_images), holdout_labels, gate)
+
+    # Fail fast when no plan can pass: every layer in high precision is the best there is.
+    best = measure({node.name: high_precision for node in quantizable_nodes(model)})
+    if not best.passed:
+        raise UserError(
+            f"no precision plan passes the gate: even the all-{high_precision} model gives {_describe(best)}; "
+            "relax the gate"
+        )
+    sensitivity = layer_sensitivity(
+        model_path, ranges, holdout_images, per_channel=per_channel, reduce_range=reduce_range, progress=progress
+    )
+    layers = {s.node: "int8" for s in sensitivity}
+    moved: list[Move] = []
+
+    result = measure(layers)
+    for layer in sorted(sensitivity, key=lambda s: s.logits_sqnr_db):
+        if result.passed:
+            break
+        layers[layer.node] = high_precision
+        moved.append(
+            Move(
+                layer.node,
+                high_precision,
+                f"gate failed (top-1 drop {result.top1_drop:.4f}, logits SQNR {result.logits_sqnr_db:.1f} dB) "
+                f"and {layer.node} is the most sensitive INT8 layer left "
+                f"(alone in INT8: logits SQNR {layer.logits_sqnr_db:.1f} dB)",
+            )
+        )
+        result = measure(layers)
+        if progress is not None:
+            progress(f"plan: {layer.node} -> {high_precision}; now {_describe(result)}")
+    return PrecisionPlan(
+        model_sha256=ranges.model_sha256,
+        calibration_sha256=ranges.calibration_sha256,
+        holdout_sha256=images_sha256(holdout_images),
+        method=ranges.method,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        high_precision=high_precision,
+        gate=gate,
+        layers=layers,
+        sensitivity=sensitivity,
+        moved=moved,
+        result=result,
+    )
+
+
+def write_mixed_model(
+    model_path: str | os.PathLike, plan: PrecisionPlan, ranges: ActivationRanges, output_path: str | os.PathLike
+) -> QuantizeResult | None:
+    """Write `plan` for `model_path`: Q/DQ for its INT8 layers, its high precision type for the rest.
+
+    The QuantizeResult describes the Q/DQ part; None when the plan has no INT8 layer (the output
+    is then the FP32 model, or its pure FP16 twin).
+    """
+    if sha256_file(model_path) != plan.model_sha256:
+        raise UserError(f"{model_path}: the precision plan was made for another model; re-run the planner on it")
+    if ranges.calibration_sha256 != plan.calibration_sha256 or ranges.method != plan.method:
+        raise UserError("activation ranges differ from those the precision plan was made with; pass the plan's ranges")
+    _planned_model(model_path, ranges)
+    return _write(
+        model_path, ranges, plan.layers, Path(output_path), plan.per_channel, plan.reduce_range, plan.high_precision
+    )
+
+
+def _write(
+    model_path: str | os.PathLike,
+    ranges: ActivationRanges,
+    layers: dict[str, str],
+    output_path: Path,
+    per_channel: bool,
+    reduce_range: bool,
+    high_precision: str,
+) -> QuantizeResult | None:
+    excluded = [node for node, precision in layers.items() if precision != "int8"]
+    if len(excluded) == len(layers):
+        # Nothing in INT8: no Q/DQ at all (ORT would still quantize the Adds and pooling).
+        if high_precision == "fp16":
+            convert_fp16(model_path, output_path, activation_max_abs=ranges.max_abs)
+        else:
+            with atomic_path(output_path) as tmp:
+                shutil.copyfile(model_path, tmp)
+        return None
+    options = {"per_channel": per_channel, "reduce_range": reduce_range, "nodes_to_exclude": excluded}
+    if high_precision == "fp32":
+        return write_qdq_model(model_path, ranges, output_path, **options)
+    with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
+        qdq_path = Path(tmp) / "qdq.onnx"
+        result = write_qdq_model(model_path, ranges, qdq_path, **options)
+        convert_qdq_fp16(qdq_path, output_path, activation_max_abs=ranges.max_abs)
+    result.output_path = str(output_path)
+    return result
+
+
+def _planned_model(model_path: str | os.PathLike, ranges: ActivationRanges) -> onnx.ModelProto:
+    model = load_fp32_model(Path(model_path))
+    ranges.require_model(model_path)
+    unnamed = [node.op_type for node in model.graph.node if not node.name]
+    if unnamed:
+        raise UserError(
+            f"{model_path}: {len(unnamed)} nodes have no name; a plan names its layers, re-export the model"
+        )
+    return model
+
+
+def _logits(model_path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
+    """Logits from ONNX Runtime with graph optimizations off: Q/DQ simulated in float on any CPU."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {input_name: images[i : i + EVAL_BATCH]})[0] for i in range(0, len(images), EVAL_BATCH)]
+    )
+
+
+def _gate_result(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None, gate: Gate) -> GateResult:
+    if labels is not None:
+        drop = accuracy(reference, labels) - accuracy(logits, labels)
+    else:
+        drop = 1.0 - top1_agreement(reference, logits)
+    sqnr = sqnr_db(reference, logits)
+    passed = (gate.max_top1_drop is None or drop <= gate.max_top1_drop) and (
+        gate.min_logits_sqnr_db is None or sqnr >= gate.min_logits_sqnr_db
+    )
+    return GateResult(top1_drop=drop, logits_sqnr_db=sqnr, passed=passed)
+
+
+def _describe(result: GateResult) -> str:
+    verdict = "passes" if result.passed else "fails"
+    return f"top-1 drop {result.top1_drop:.4f}, logits SQNR {result.logits_sqnr_db:.1f} dB ({verdict})"

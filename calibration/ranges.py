@@ -1,0 +1,176 @@
+"""Per-tensor activation ranges (amax) of an FP32 ONNX model on calibration images.
+
+Collection runs on onnxruntime.quantization's calibrators, in up to two passes:
+1. Its MinMaxCalibrater (symmetric) gives max |x| of every float tensor: the MinMax amax, and the
+   upper edge of each tensor's histogram. Batch-size independent (tested).
+2. For percentile, mse and entropy, the graph its HistogramCalibrater augments (every calibrated
+   tensor made a graph output) runs batch by batch, and |x| is counted into 2048 fixed bins over
+   [0, max |x|]. Its own HistogramCollector is not used: it stacks every batch of the set in one
+   array (all activations in memory at once; a smaller last batch makes it fail), sizes its bins
+   from the first batch, and its "entropy" returns MinMax ranges (REFERENCE.md section 3; tested).
+`thresholds` then picks each tensor's amax from its histogram.
+
+Tensor names are those of the FP32 ONNX graph (its input and node outputs), which is also how
+TensorRT's ONNX parser names the network's tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCalibrater, create_calibrator
+
+from calibration.data import ArrayCalibrationReader, ProgressCallback
+from calibration.inputs import calibration_batch_images, image_input, load_fp32_model
+from calibration.thresholds import NUM_BINS, AbsHistogram, abs_histogram, entropy_amax, mse_amax, percentile_amax
+from engines.artifacts import read_json, sha256_file, write_json
+from engines.errors import UserError
+
+METHODS = ("minmax", "percentile", "mse", "entropy")
+DEFAULT_PERCENTILE = 99.99
+RANGES_SCHEMA = ("mimicnorm-deploy/activation-ranges", 1)
+
+
+@dataclass
+class ActivationRanges:
+    """What calibration measured, keyed by FP32 ONNX tensor name; saved as JSON next to the models."""
+
+    method: str  # one of METHODS
+    percentile: float | None  # for method "percentile", else None
+    amax: dict[str, float]  # calibrated range: INT8 scale = amax / 127 (Q/DQ and TensorRT cache alike)
+    max_abs: dict[str, float]  # largest |x| seen (the MinMax amax): what an FP16 overflow check needs
+    model_sha256: str  # of the FP32 ONNX file calibrated
+    calibration_sha256: str  # of the calibration images (see images_sha256)
+    num_images: int
+    batch_size: int
+
+    def require_model(self, model_path: str | os.PathLike) -> None:
+        """Raise UserError unless these ranges were measured on the model at `model_path`."""
+        if sha256_file(model_path) != self.model_sha256:
+            raise UserError(
+                f"{model_path}: activation ranges were calibrated on another model (sha256 "
+                f"{self.model_sha256[:12]}...); re-run calibration on this model"
+            )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(path, *RANGES_SCHEMA, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ActivationRanges:
+        document = read_json(path, *RANGES_SCHEMA)
+        return cls(**{name: document[name] for name in cls.__dataclass_fields__})
+
+
+def images_sha256(images: np.ndarray) -> str:
+    """sha256 of a float32 image array: dtype, shape and bytes, so the same pixels give the same hash."""
+    array = np.ascontiguousarray(images, dtype=np.float32)
+    digest = hashlib.sha256(f"float32{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def calibrate_ranges(
+    model_path: str | os.PathLike,
+    images: np.ndarray,
+    method: str = "minmax",
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+) -> ActivationRanges:
+    """Run `model_path` (FP32 ONNX) on `images` (float32 N x C x H x W) and pick every tensor's amax.
+
+    `progress(done, total)` counts batches over both passes. Bad input raises UserError.
+    """
+    check_method(method, percentile, batch_size)
+    path = Path(model_path)
+    model = load_fp32_model(path)
+    input_name, dims = image_input(model, path)
+    images = calibration_batch_images(images, input_name, dims, batch_size, path)
+    passes = 1 if method == "minmax" else 2
+    num_batches = -(-len(images) // batch_size)
+
+    def pass_progress(index: int) -> ProgressCallback | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(index * num_batches + done, passes * num_batches)
+
+    with tempfile.TemporaryDirectory(prefix="mimicnorm-calibration.") as tmp:
+        # ORT's calibrators take a path and write files next to it: give them a private copy.
+        model_copy = Path(tmp) / "model.onnx"
+        onnx.save(model, model_copy)
+        max_abs = _max_abs(model_copy, ArrayCalibrationReader(images, input_name, batch_size, pass_progress(0)))
+        if method == "minmax":
+            amax = dict(max_abs)
+        else:
+            reader = ArrayCalibrationReader(images, input_name, batch_size, pass_progress(1))
+            histograms = _abs_histograms(model_copy, reader, max_abs)
+            amax = {name: _pick_amax(method, histogram, percentile) for name, histogram in histograms.items()}
+    # In graph order (input, then node outputs), so that files written from the ranges read like the graph.
+    order = [i.name for i in model.graph.input] + [name for node in model.graph.node for name in node.output]
+    return ActivationRanges(
+        method=method,
+        percentile=percentile if method == "percentile" else None,
+        amax={name: amax[name] for name in order if name in amax},
+        max_abs={name: max_abs[name] for name in order if name in max_abs},
+        model_sha256=sha256_file(path),
+        calibration_sha256=images_sha256(images),
+        num_images=len(images),
+        batch_size=batch_size,
+    )
+
+
+def check_method(method: str, percentile: float, batch_size: int) -> None:
+    if method not in METHODS:
+        raise UserError(f"calibration method {method!r} is not available; use one of: {', '.join(METHODS)}")
+    if method == "percentile" and not 0 < percentile <= 100:
+        raise UserError(f"percentile {percentile} is outside (0, 100]; pass e.g. 99.99")
+    if batch_size < 1:
+        raise UserError(f"calibration batch size {batch_size} is not positive; pass a batch size of 1 or more")
+
+
+def _max_abs(model_path: Path, reader: ArrayCalibrationReader) -> dict[str, float]:
+    calibrator = create_calibrator(
+        model_path,
+        augmented_model_path=str(model_path.with_name("minmax.onnx")),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"symmetric": True},
+    )
+    calibrator.collect_data(reader)
+    max_abs = {name: float(np.max(data.range_value[1])) for name, data in calibrator.compute_data().items()}
+    for name, value in max_abs.items():
+        if not math.isfinite(value):
+            raise UserError(
+                f"tensor {name!r} reaches {value} on the calibration images: the FP32 model overflows; "
+                "check the exported model on these images"
+            )
+    return max_abs
+
+
+def _abs_histograms(
+    model_path: Path, reader: ArrayCalibrationReader, max_abs: dict[str, float]
+) -> dict[str, AbsHistogram]:
+    calibrator = HistogramCalibrater(model_path, augmented_model_path=str(model_path.with_name("histogram.onnx")))
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    names = sorted(calibrator.tensors_to_calibrate)
+    counts = {name: np.zeros(NUM_BINS, np.int64) for name in names}
+    while (feed := reader.get_next()) is not None:
+        for name, values in zip(names, calibrator.infer_session.run(names, feed), strict=True):
+            counts[name] += abs_histogram(values, max_abs[name])
+    return {name: AbsHistogram(counts[name], max_abs[name]) for name in names}
+
+
+def _pick_amax(method: str, histogram: AbsHistogram, percentile: float) -> float:
+    if method == "percentile":
+        return percentile_amax(histogram, percentile)
+    if method == "mse":
+        return mse_amax(histogram)
+    return entropy_amax(histogram)

@@ -1,0 +1,137 @@
+"""Activation range (amax) selection from a histogram of |x|: MinMax, Percentile, MSE and Entropy.
+
+Pure numpy on an `AbsHistogram`: counts of |x| in equal bins over [0, max |x|], 2048 bins as
+TensorRT uses. Symmetric INT8 then maps [-amax, amax] onto [-127, 127] (scale amax / 127).
+
+- Percentile: the right edge of the bin where the given percentile of |x| falls.
+- MSE: the threshold minimising the quantization mean squared error of the histogram (bin
+  centres fake-quantized, as NVIDIA's pytorch-quantization computes it).
+- Entropy: TensorRT's EntropyCalibration2 (Migacz, "8-bit inference with TensorRT", GTC 2017):
+  for every candidate of i bins, i = 128 .. 2048, the reference P is the first i bins with the
+  outliers added to the last one, the candidate Q is those i bins merged into 128 levels and
+  expanded back over the non-empty bins; amax is the edge of the candidate with the least
+  KL(P || Q). Details as NVIDIA's pytorch-quantization (`_compute_amax_entropy`) implements it.
+
+MSE and Entropy search candidates from bin 128 (amax / 16) upward, as TensorRT does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+NUM_BINS = 2048  # TensorRT's histogram size
+NUM_QUANTIZED_BINS = 128  # |x| levels of symmetric INT8: 0..127 plus the sign
+START_BIN = 128  # the smallest candidate threshold, in bins
+INT8_LEVELS = 127  # symmetric INT8 uses [-127, 127]
+
+
+@dataclass
+class AbsHistogram:
+    counts: np.ndarray  # int64 counts of |x| in len(counts) equal bins over [0, max_abs]
+    max_abs: float  # largest |x| seen: the histogram's upper edge and the MinMax amax
+
+    @property
+    def bin_width(self) -> float:
+        return self.max_abs / len(self.counts)
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.arange(len(self.counts) + 1) * self.bin_width
+
+
+def abs_histogram(values: np.ndarray, max_abs: float, num_bins: int = NUM_BINS) -> np.ndarray:
+    """Counts of |values| in `num_bins` equal bins over [0, max_abs]; max_abs itself lands in the last bin.
+
+    Callers add these counts up batch by batch, with max_abs fixed beforehand (a first MinMax pass),
+    so the histogram does not depend on how the data was batched.
+    """
+    if max_abs <= 0:
+        return np.zeros(num_bins, np.int64)
+    counts, _ = np.histogram(np.abs(values), bins=num_bins, range=(0.0, max_abs))
+    return counts.astype(np.int64)
+
+
+def percentile_amax(histogram: AbsHistogram, percentile: float) -> float:
+    """Right edge of the bin holding the `percentile`-th percentile of |x| (0 < percentile <= 100)."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    total = int(histogram.counts.sum())
+    if total == 0 or histogram.max_abs == 0:
+        return 0.0
+    # The bin holding the k-th smallest |x|, k = ceil(percentile% of the count); rounded first so
+    # that float noise (99.9 / 100 * 1e5 = 99900.00000000001) does not ask for one value more.
+    needed = math.ceil(round(percentile * total / 100, 6))
+    last_bin = int(np.searchsorted(np.cumsum(histogram.counts), needed, side="left"))
+    return min(histogram.max_abs, (last_bin + 1) * histogram.bin_width)
+
+
+def mse_errors(
+    histogram: AbsHistogram, levels: int = INT8_LEVELS, start_bin: int = START_BIN
+) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate amax values, mean squared quantization error of each), candidates at bin centres
+    from `start_bin` on. Each bin's values are represented by its centre."""
+    counts = histogram.counts.astype(np.float64)
+    centres = (np.arange(len(counts)) + 0.5) * histogram.bin_width
+    candidates = centres[min(start_bin, len(counts) - 1) :]
+    steps = candidates[:, None] / levels
+    quantized = np.clip(np.round(centres[None, :] / steps), -levels, levels) * steps
+    errors = ((quantized - centres[None, :]) ** 2 * counts[None, :]).sum(axis=1) / max(counts.sum(), 1.0)
+    return candidates, errors
+
+
+def mse_amax(histogram: AbsHistogram, levels: int = INT8_LEVELS, start_bin: int = START_BIN) -> float:
+    if histogram.max_abs == 0 or not histogram.counts.any():
+        return 0.0
+    candidates, errors = mse_errors(histogram, levels, start_bin)
+    return float(candidates[int(np.argmin(errors))])
+
+
+def kl_divergences(
+    counts: np.ndarray, num_quantized_bins: int = NUM_QUANTIZED_BINS, start_bin: int = START_BIN
+) -> np.ndarray:
+    """KL(P || Q) of EntropyCalibration2 for every candidate of i = start_bin .. len(counts) bins
+    (element k is the candidate of start_bin + k bins); inf where Q misses mass that P has."""
+    bins = counts.astype(np.float64)
+    # A ReLU output's exact zeros pile up in bin 0; every threshold represents them exactly, yet
+    # left in they dominate P and drive the search to the smallest threshold. pytorch-quantization
+    # replaces the spike by its neighbour; so do we.
+    if len(bins) > 1:
+        bins[0] = bins[1]
+    total = bins.sum()
+    divergences = np.full(len(bins) - start_bin + 1, np.inf)
+    for k, i in enumerate(range(start_bin, len(bins) + 1)):
+        reference = bins[:i].copy()
+        reference[-1] += bins[i:].sum()  # clip: outliers count as the largest kept value
+        kept = bins[:i]
+        # Bin j joins level floor(j * levels / i): the np.digitize(j, linspace(0, i, levels + 1))
+        # grouping of TensorRT's description, exact in integers.
+        level = np.arange(i) * num_quantized_bins // i
+        nonzero = kept != 0
+        level_sums = np.bincount(level, weights=kept, minlength=num_quantized_bins)
+        level_nonzero = np.bincount(level, weights=nonzero, minlength=num_quantized_bins)
+        # Expand each level back evenly over the bins that had data, keeping empty bins empty.
+        candidate = np.where(nonzero, level_sums[level] / np.maximum(level_nonzero[level], 1), 0.0)
+        divergences[k] = _kl(reference / total, candidate / max(candidate.sum(), 1e-300))
+    return divergences
+
+
+def entropy_amax(
+    histogram: AbsHistogram, num_quantized_bins: int = NUM_QUANTIZED_BINS, start_bin: int = START_BIN
+) -> float:
+    """amax of TensorRT's EntropyCalibration2 for `histogram` (the largest of equally good thresholds)."""
+    if histogram.max_abs == 0 or not histogram.counts.any():
+        return 0.0
+    start_bin = min(start_bin, len(histogram.counts))
+    divergences = kl_divergences(histogram.counts, num_quantized_bins, start_bin)
+    best = len(divergences) - 1 - int(np.argmin(divergences[::-1]))  # ties go to the larger threshold
+    return float((start_bin + best) * histogram.bin_width)
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    support = p > 0
+    if np.any(q[support] == 0):
+        return float("inf")
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))

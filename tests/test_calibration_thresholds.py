@@ -1,0 +1,169 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from calibration.thresholds import (
+    AbsHistogram,
+    abs_histogram,
+    entropy_amax,
+    kl_divergences,
+    mse_amax,
+    mse_errors,
+    percentile_amax,
+)
+
+log = np.log
+
+
+def histogram_of(values: np.ndarray) -> AbsHistogram:
+    max_abs = float(np.abs(values).max())
+    return AbsHistogram(abs_histogram(values, max_abs), max_abs)
+
+
+def test_abs_histogram_bins_absolute_values_and_keeps_the_max():
+    counts = abs_histogram(np.array([-4.0, -0.5, 0.0, 0.9, 1.0, 3.99, 4.0], np.float32), 4.0, num_bins=4)
+    assert counts.tolist() == [3, 1, 0, 3]  # 0, 0.5, 0.9 | 1.0 | - | 3.99, |-4|, 4 (the max lands in the last bin)
+    assert abs_histogram(np.zeros(5, np.float32), 0.0, num_bins=4).tolist() == [0, 0, 0, 0]
+
+
+def test_histogram_edges():
+    histogram = AbsHistogram(np.array([1, 2, 3, 4]), 2.0)
+    assert histogram.bin_width == 0.5
+    np.testing.assert_allclose(histogram.edges, [0, 0.5, 1, 1.5, 2])
+
+
+@pytest.mark.parametrize(("percentile", "amax"), [(50, 1.0), (50.1, 2.0), (80, 2.0), (90, 3.0), (100, 3.0)])
+def test_percentile_is_the_right_edge_of_the_bin_holding_it(percentile, amax):
+    # |x| counts 5, 3, 2, 0 in bins of width 1: cumulative share 0.5, 0.8, 1.0, 1.0.
+    assert percentile_amax(AbsHistogram(np.array([5, 3, 2, 0]), 4.0), percentile) == amax
+
+
+def test_percentile_matches_numpy_within_a_bin():
+    values = np.random.default_rng(0).normal(0, 1, 100_000).astype(np.float32)
+    histogram = histogram_of(values)
+    for percentile in (99.0, 99.9, 99.99):
+        exact = np.percentile(np.abs(values), percentile)
+        assert exact <= percentile_amax(histogram, percentile) <= exact + histogram.bin_width
+
+
+def test_percentile_rejects_out_of_range():
+    with pytest.raises(ValueError):
+        percentile_amax(AbsHistogram(np.array([1, 1]), 1.0), 0)
+
+
+def test_mse_hand_computed():
+    # Bin centres 0.5, 1.5, 2.5, 3.5 with counts 0, 6, 0, 1; one level each side (levels=1), so a
+    # candidate t quantizes c to clip(round(c / t), -1, 1) * t.
+    histogram = AbsHistogram(np.array([0, 6, 0, 1]), 4.0)
+    candidates, errors = mse_errors(histogram, levels=1, start_bin=0)
+    np.testing.assert_allclose(candidates, [0.5, 1.5, 2.5, 3.5])
+    expected = np.array(
+        [
+            6 * (1.5 - 0.5) ** 2 + (3.5 - 0.5) ** 2,  # t=0.5: both clipped to 0.5
+            6 * 0 + (3.5 - 1.5) ** 2,  # t=1.5: 1.5 exact, 3.5 clipped to 1.5
+            6 * (1.5 - 2.5) ** 2 + (3.5 - 2.5) ** 2,  # t=2.5: 1.5 rounds up to 2.5, 3.5 clipped
+            6 * 1.5**2 + 0,  # t=3.5: 1.5 rounds to 0, 3.5 exact
+        ]
+    )
+    np.testing.assert_allclose(errors, expected / 7)
+    assert mse_amax(histogram, levels=1, start_bin=0) == 1.5  # clips the outlier
+
+
+def test_kl_divergences_hand_computed():
+    # |x| counts 2, 2, 2, 1 (bin width 1), merged into 2 levels, candidates of 2, 3 and 4 bins.
+    counts = np.array([2, 2, 2, 1])
+    expected = [
+        # 2 bins: P = [2, 2+2+1] / 7 (outliers into the last kept bin); Q = one bin per level = [2, 2] / 4.
+        2 / 7 * log((2 / 7) / 0.5) + 5 / 7 * log((5 / 7) / 0.5),
+        # 3 bins: P = [2, 2, 2+1] / 7; levels {0, 1} and {2}: Q = [2, 2, 2] / 6.
+        2 * (2 / 7) * log((2 / 7) / (1 / 3)) + 3 / 7 * log((3 / 7) / (1 / 3)),
+        # 4 bins: P = [2, 2, 2, 1] / 7; levels {0, 1} and {2, 3}: Q = [2, 2, 1.5, 1.5] / 7.
+        2 / 7 * log(2 / 1.5) + 1 / 7 * log(1 / 1.5),
+    ]
+    np.testing.assert_allclose(kl_divergences(counts, num_quantized_bins=2, start_bin=2), expected, rtol=1e-12)
+    # The least divergence is at 3 bins: amax = 3 bin widths, clipping the last bin.
+    assert entropy_amax(AbsHistogram(counts, 4.0), num_quantized_bins=2, start_bin=2) == 3.0
+
+
+def test_kl_is_infinite_when_clipped_mass_lands_in_an_empty_bin():
+    divergences = kl_divergences(np.array([2, 2, 0, 1]), num_quantized_bins=2, start_bin=2)
+    assert divergences[1] == np.inf  # 3 bins: P puts the outlier into bin 2, where Q has nothing
+    assert np.isfinite(divergences[[0, 2]]).all()
+
+
+def test_zero_spike_in_bin_0_is_ignored():
+    # A ReLU output's exact zeros: replacing bin 0 by its neighbour (as pytorch-quantization does)
+    # makes the result independent of how many zeros there are.
+    rng = np.random.default_rng(0)
+    positive = np.abs(rng.normal(0, 1, 100_000)).astype(np.float32)
+    histogram = histogram_of(positive)
+    with_zeros = AbsHistogram(histogram.counts.copy(), histogram.max_abs)
+    with_zeros.counts[0] += 100_000
+    assert entropy_amax(with_zeros) == entropy_amax(histogram)
+    assert entropy_amax(histogram) > 0.5 * histogram.max_abs  # no collapse to the smallest candidate
+
+
+def _reference_kl_divergences(counts: np.ndarray, num_quantized_bins: int, start_bin: int) -> np.ndarray:
+    """Loop port of pytorch-quantization's _compute_amax_entropy (calib/histogram.py), with scipy's entropy."""
+    bins = counts.astype(np.float64)
+    bins[0] = bins[1]
+    divergences = []
+    for i in range(start_bin, len(bins) + 1):
+        space = np.linspace(0, i, num=num_quantized_bins + 1)
+        digitized = np.digitize(range(i), space) - 1
+        digitized[bins[:i] == 0] = -1
+        density_counts = np.zeros(num_quantized_bins)
+        for idx, level in enumerate(digitized):
+            if level != -1:
+                density_counts[level] += bins[idx]
+        for level, count in Counter(digitized).items():
+            if level != -1:
+                density_counts[level] /= count
+        candidate = np.array([density_counts[level] if level != -1 else 0.0 for level in digitized])
+        reference = bins[:i].copy()
+        reference[-1] += bins[i:].sum()
+        p, q = reference / reference.sum(), candidate / candidate.sum()
+        support = p > 0
+        if np.any(q[support] == 0):
+            divergences.append(np.inf)
+        else:
+            divergences.append(np.sum(p[support] * np.log(p[support] / q[support])))
+    return np.array(divergences)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_matches_a_loop_port_of_nvidias_reference(seed):
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.laplace(0, 1, 20_000), rng.normal(0, 4, 50)]).astype(np.float32)
+    counts = abs_histogram(values, float(np.abs(values).max()), num_bins=256)
+    counts[100:110] = 0  # empty bins: Q must keep them empty
+    np.testing.assert_allclose(
+        kl_divergences(counts, num_quantized_bins=16, start_bin=16),
+        _reference_kl_divergences(counts, 16, 16),
+        rtol=1e-9,
+    )
+
+
+def test_heavy_tailed_distribution_is_clipped_except_by_minmax():
+    # Laplace(0, 1) with two rare large outliers: MinMax spends the 8 bits on the outliers.
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.laplace(0, 1, 1_000_000), [-40.0, 40.0]]).astype(np.float32)
+    histogram = histogram_of(values)
+    assert histogram.max_abs == 40.0  # the MinMax amax
+    assert 9.0 < percentile_amax(histogram, 99.99) < 10.0  # Laplace: -ln(1e-4) = 9.2
+    assert entropy_amax(histogram) < 0.3 * histogram.max_abs
+    assert mse_amax(histogram) < 0.5 * histogram.max_abs
+
+
+def test_uniform_distribution_keeps_about_the_max():
+    values = np.random.default_rng(0).uniform(-1, 1, 200_000).astype(np.float32)
+    histogram = histogram_of(values)
+    assert entropy_amax(histogram) >= 0.98 * histogram.max_abs
+    assert mse_amax(histogram) >= 0.95 * histogram.max_abs
+    assert percentile_amax(histogram, 99.99) >= 0.99 * histogram.max_abs
+
+
+@pytest.mark.parametrize("method", [entropy_amax, mse_amax, lambda h: percentile_amax(h, 99.9)])
+def test_empty_or_zero_histogram_gives_zero(method):
+    assert method(AbsHistogram(np.zeros(2048, np.int64), 0.0)) == 0.0
