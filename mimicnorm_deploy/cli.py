@@ -53,7 +53,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(
         arch=args.arch, norm=args.norm, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+        weight_decay=args.weight_decay, seed=args.seed, augment=not args.no_augment,
+        max_steps_per_epoch=args.max_steps_per_epoch,
     )  # fmt: skip
     from mimicnorm_deploy.models import create_model
 
@@ -135,7 +136,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.pipeline import DemoConfig, run_demo
 
     config = DemoConfig(out=args.out, dataset=args.dataset, data_dir=args.data_dir, arch=args.arch,
-                        epochs=args.epochs, seed=args.seed, quick=args.quick)  # fmt: skip
+                        epochs=args.epochs, augment=args.augment, seed=args.seed, quick=args.quick)  # fmt: skip
     paths = run_demo(config, _progress)
     print(Path(paths["markdown"]).read_text())
     for kind, path in paths.items():
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--epochs", type=float, default=1.8)
+    p.add_argument("--augment", action="store_true", help="random crop + flip (off: the demo's schedule is short)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")
     p.set_defaults(func=_cmd_demo)
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_train)
