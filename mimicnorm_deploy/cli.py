@@ -85,12 +85,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.stages import calibrate_stage
 
     record = calibrate_stage(args.model, args.calib, args.out, per_channel=args.per_channel, target=args.target,
-                             batch_size=args.batch_size, progress=_progress)  # fmt: skip
+                             method=args.method, percentile=args.percentile, batch_size=args.batch_size,
+                             trt_cache=args.trt_cache, progress=_progress)  # fmt: skip
     config = record["quantize"]["config"]
     worst = record["worst_weight_spread"]
-    print(f"{args.out}: INT8 Q/DQ, per_channel={config['per_channel']}, reduce_range={config['reduce_range']}, "
-          f"{record['quantize']['num_calibration_images']} calibration images; "
+    print(f"{args.out}: INT8 Q/DQ, {record['method']} ranges, per_channel={config['per_channel']}, "
+          f"reduce_range={config['reduce_range']}, {record['quantize']['num_calibration_images']} calibration images; "
           f"worst weight-range spread {worst['spread']:.1f}x ({worst['name']})")  # fmt: skip
+    if "trt_cache" in record:
+        print(f"{record['trt_cache']}: TensorRT 10 calibration cache (+ .json sidecar keyed to the model)")
 
 
 def _cmd_build(args: argparse.Namespace) -> None:
@@ -205,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .onnx (a .json record is written beside it)")
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
     p.add_argument("--target", default="ort-cpu", help="ort-cpu (this machine's CPU) or tensorrt (full 8-bit)")
+    p.add_argument("--method", default="minmax", help="activation ranges: minmax, percentile, mse or entropy "
+                   "(TensorRT's EntropyCalibration2 algorithm)")  # fmt: skip
+    p.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
+    p.add_argument("--trt-cache", help="also write a TensorRT 10 calibration cache from the same ranges")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_cmd_calibrate)
 

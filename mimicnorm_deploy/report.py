@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from engines.artifacts import atomic_path, atomic_write_text, now_utc, read_json, write_json
-from engines.cpu import cpu_device
 from engines.errors import UserError
 from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, VARIANTS, RunLayout
 from mimicnorm_deploy.schemas import BENCH, CALIBRATION, REPORT, TRAIN_REPORT
@@ -24,7 +23,7 @@ def build_report(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{run_dir}: no trained model found (expected */train_report.json); run 'demo' or 'train'")
     return {
         "created": now_utc(),
-        "machine": {"platform": platform.platform(), "cpu": cpu_device()},
+        "rendered_on": platform.platform(),
         "models": models,
         "comparisons": _comparisons(models),
     }
@@ -44,6 +43,7 @@ def _model_section(layout: RunLayout, norm: str) -> dict[str, Any]:
             "accuracy": accuracy.get("accuracy"),
             "top1_agreement_vs_fp32": accuracy.get("top1_agreement"),
             "logits_sqnr_db_vs_fp32": accuracy.get("logits_sqnr_db"),
+            "device": bench["engine"]["device"],  # where this engine was built and measured
             "latency": {str(r["batch_size"]): r for r in bench.get("latency", [])},
             "memory": bench.get("memory", {}),
         }
@@ -132,12 +132,15 @@ def _row(cells: list[str]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    devices = {
+        f"{d.get('name', '?')}: {d.get('model_name', '?')} ({d.get('arch', '?')}, INT8 dot product: "
+        f"{d.get('int8_dot_product')})"
+        for model in report["models"].values() for e in model["engines"].values() for d in [e["device"]]
+    }  # fmt: skip
     lines = [
         "# mimicnorm-deploy report",
         "",
-        f"Created {report['created']} on {report['machine']['platform']} "
-        f"(CPU {report['machine']['cpu'].get('model_name', '?')}, "
-        f"INT8 dot product: {report['machine']['cpu'].get('int8_dot_product')}).",
+        f"Created {report['created']}. Engines measured on: {'; '.join(sorted(devices)) or 'n/a'}.",
         "",
         "## Training",
         "",

@@ -115,30 +115,42 @@ def calibrate_stage(
     *,
     per_channel: bool,
     target: str = "ort-cpu",
+    method: str = "minmax",
+    percentile: float | None = None,
     batch_size: int = 32,
+    trt_cache: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """INT8 Q/DQ model for `target`, plus a JSON record of the calibration next to it."""
+    """INT8 Q/DQ model for `target` (TensorRT 11 and ONNX Runtime read it), a JSON record of the
+    calibration next to it, and optionally a TensorRT 10 calibration cache from the same ranges."""
     from calibration.metrics import weight_range_spread, worst_spread
-    from calibration.quantize import QuantizeConfig, quantize_int8
+    from calibration.quantize import write_qdq_model
+    from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
+    from calibration.trt_cache import write_model_calibration_cache
 
     images, _ = load_image_set(_verified(calibration_set))
-    config = QuantizeConfig(per_channel=per_channel, reduce_range=reduce_range_for(target), batch_size=batch_size)
-    batches = max(1, -(-len(images) // batch_size))
+    reduce_range = reduce_range_for(target)
 
     def report_batch(done: int, total: int) -> None:
         if progress is not None:
             progress(f"calibration batch {done}/{total}")
 
-    result = quantize_int8(_verified(model), images, out_path, config, progress=report_batch)
+    ranges = calibrate_ranges(_verified(model), images, method, batch_size=batch_size, progress=report_batch,
+                              percentile=DEFAULT_PERCENTILE if percentile is None else percentile)  # fmt: skip
+    result = write_qdq_model(model, ranges, out_path, per_channel=per_channel, reduce_range=reduce_range)
     spreads = weight_range_spread(str(model))
     record = {
-        "model": str(model), "output": str(out_path), "target": target, "calibration_batches": batches,
-        "quantize": asdict(result), "weight_spread": [asdict(s) for s in spreads],
+        "model": str(model), "output": str(out_path), "target": target, "method": ranges.method,
+        "percentile": ranges.percentile, "quantize": asdict(result), "weight_spread": [asdict(s) for s in spreads],
         "worst_weight_spread": asdict(worst_spread(spreads)),
     }  # fmt: skip
+    params = {"target": target, "method": method, "per_channel": per_channel, "reduce_range": reduce_range}
+    if trt_cache is not None:
+        write_model_calibration_cache(trt_cache, ranges)
+        record["trt_cache"] = str(trt_cache)
+        _record(trt_cache, "calibrate", [model, calibration_set], params)
     write_json(Path(out_path).with_suffix(".json"), *CALIBRATION, record)
-    _record(out_path, "calibrate", [model, calibration_set], {"target": target, **asdict(config)})
+    _record(out_path, "calibrate", [model, calibration_set], params)
     return record
 
 
