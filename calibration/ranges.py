@@ -20,7 +20,7 @@ import hashlib
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,16 @@ class ActivationRanges:
     calibration_sha256: str  # of the calibration images (see images_sha256)
     num_images: int
     batch_size: int
+    # Smallest and largest value seen: asymmetric (uint8) activations, as ONNX Runtime prefers on
+    # x86, need the sign-aware range, not just amax.
+    minimum: dict[str, float] = field(default_factory=dict)
+    maximum: dict[str, float] = field(default_factory=dict)
+
+    def asymmetric_range(self, name: str) -> tuple[float, float]:
+        """(low, high) for uint8 activations: the observed range, clipped at +-amax like the
+        symmetric one, so a clipping method (percentile, entropy) clips here too."""
+        amax = self.amax[name]
+        return max(self.minimum[name], -amax), min(self.maximum[name], amax)
 
     def require_model(self, model_path: str | os.PathLike) -> None:
         """Raise UserError unless these ranges were measured on the model at `model_path`."""
@@ -106,7 +116,9 @@ def calibrate_ranges(
         # ORT's calibrators take a path and write files next to it: give them a private copy.
         model_copy = Path(tmp) / "model.onnx"
         onnx.save(model, model_copy)
-        max_abs = _max_abs(model_copy, ArrayCalibrationReader(images, input_name, batch_size, pass_progress(0)))
+        reader = ArrayCalibrationReader(images, input_name, batch_size, pass_progress(0))
+        minimum, maximum = _min_max(model_copy, reader)
+        max_abs = {name: max(-minimum[name], maximum[name]) for name in minimum}
         if method == "minmax":
             amax = dict(max_abs)
         else:
@@ -124,6 +136,8 @@ def calibrate_ranges(
         calibration_sha256=images_sha256(images),
         num_images=len(images),
         batch_size=batch_size,
+        minimum={name: minimum[name] for name in order if name in minimum},
+        maximum={name: maximum[name] for name in order if name in maximum},
     )
 
 
@@ -136,22 +150,24 @@ def check_method(method: str, percentile: float, batch_size: int) -> None:
         raise UserError(f"calibration batch size {batch_size} is not positive; pass a batch size of 1 or more")
 
 
-def _max_abs(model_path: Path, reader: ArrayCalibrationReader) -> dict[str, float]:
+def _min_max(model_path: Path, reader: ArrayCalibrationReader) -> tuple[dict[str, float], dict[str, float]]:
     calibrator = create_calibrator(
         model_path,
         augmented_model_path=str(model_path.with_name("minmax.onnx")),
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"symmetric": True},
+        extra_options={"symmetric": False},
     )
     calibrator.collect_data(reader)
-    max_abs = {name: float(np.max(data.range_value[1])) for name, data in calibrator.compute_data().items()}
-    for name, value in max_abs.items():
-        if not math.isfinite(value):
+    data = calibrator.compute_data()
+    minimum = {name: float(np.min(d.range_value[0])) for name, d in data.items()}
+    maximum = {name: float(np.max(d.range_value[1])) for name, d in data.items()}
+    for name in minimum:
+        if not (math.isfinite(minimum[name]) and math.isfinite(maximum[name])):
             raise UserError(
-                f"tensor {name!r} reaches {value} on the calibration images: the FP32 model overflows; "
-                "check the exported model on these images"
+                f"tensor {name!r} reaches {minimum[name]}..{maximum[name]} on the calibration images: the FP32 "
+                "model overflows; check the exported model on these images"
             )
-    return max_abs
+    return minimum, maximum
 
 
 def _abs_histograms(

@@ -9,6 +9,9 @@ NORMS_COMPARED = ("mimic", "bn")
 # Engine variants per model: FP32 and INT8 with per-tensor or per-channel weight scales.
 VARIANTS = ("fp32", "int8-per-tensor", "int8-per-channel")
 SIMULATED_SUFFIX = "-simulated"
+# What travels to a TensorRT target: a symmetric per-channel Q/DQ model (TensorRT 11, or 10 with
+# Q/DQ) and a calibration cache from the same ranges (TensorRT 10's implicit INT8).
+TENSORRT_VARIANT = "int8-tensorrt"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class RunLayout:
 
     def calibration_record(self, norm: str, variant: str) -> Path:
         return self.onnx(norm, variant).with_suffix(".json")
+
+    def tensorrt_cache(self, norm: str) -> Path:
+        return self.model_dir(norm) / "model.trt10.calib"
 
     def engine(self, norm: str, variant: str) -> Path:
         return self.model_dir(norm) / "engines" / variant

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, VARIANTS, RunLayout
+from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, TENSORRT_VARIANT, VARIANTS, RunLayout
 from mimicnorm_deploy.stages import (
     Progress,
     bench_stage,
@@ -67,7 +67,12 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
         for variant in VARIANTS[1:]:
             record = calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, variant),
                                      per_channel=variant.endswith("per-channel"), progress=None)  # fmt: skip
-            progress(f"[{norm}] calibrated {variant} (reduce_range={record['quantize']['config']['reduce_range']})")
+            config = record["quantize"]["config"]
+            progress(f"[{norm}] calibrated {variant} for this CPU ({config['activations']} activations, "
+                     f"reduce_range={config['reduce_range']})")  # fmt: skip
+        calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, TENSORRT_VARIANT),
+                        per_channel=True, target="tensorrt", trt_cache=layout.tensorrt_cache(norm))  # fmt: skip
+        progress(f"[{norm}] TensorRT artifacts: {layout.onnx(norm, TENSORRT_VARIANT)}, {layout.tensorrt_cache(norm)}")
 
         reference_logits = None
         for variant in VARIANTS:

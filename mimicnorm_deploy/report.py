@@ -55,6 +55,7 @@ def _model_section(layout: RunLayout, norm: str) -> dict[str, Any]:
             entry["calibration"] = {
                 "target": calibration["target"],
                 "per_channel": calibration["quantize"]["config"]["per_channel"],
+                "activations": calibration["quantize"]["config"]["activations"],
                 "reduce_range": calibration["quantize"]["config"]["reduce_range"],
                 "calibration_images": calibration["quantize"]["num_calibration_images"],
                 "worst_weight_spread": calibration["worst_weight_spread"],

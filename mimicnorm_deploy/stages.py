@@ -99,13 +99,21 @@ def export_stage(frozen: str | os.PathLike, out_path: str | os.PathLike):
 # --- calibrate / build / bench (no torch) -------------------------------------------------------
 
 
-def reduce_range_for(target: str) -> bool:
-    """7-bit weights only where the target's INT8 kernels would saturate with 8 (REFERENCE.md 3)."""
+def encoding_for(target: str) -> tuple[str, bool]:
+    """(activation encoding, reduce_range) for the target's INT8 arithmetic.
+
+    TensorRT: symmetric int8 everywhere (its requirement), full 8-bit weights. ONNX Runtime on this
+    CPU: on x86 uint8 activations (its native U8S8 kernels; symmetric int8 made INT8 2x slower than
+    FP32 here), and 7-bit weights where its kernels would saturate with 8 (no VNNI, REFERENCE.md 3).
+    """
     from engines.cpu import cpu_features, needs_reduce_range
 
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-    return target == "ort-cpu" and needs_reduce_range(cpu_features())
+    if target == "tensorrt":
+        return "int8-symmetric", False
+    features = cpu_features()
+    return ("uint8" if features.is_x86 else "int8-symmetric"), needs_reduce_range(features)
 
 
 def calibrate_stage(
@@ -121,15 +129,16 @@ def calibrate_stage(
     trt_cache: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """INT8 Q/DQ model for `target` (TensorRT 11 and ONNX Runtime read it), a JSON record of the
-    calibration next to it, and optionally a TensorRT 10 calibration cache from the same ranges."""
+    """INT8 Q/DQ model encoded for `target` (see encoding_for; the tensorrt one serves TensorRT 11
+    and ONNX Runtime alike), a JSON record of the calibration next to it, and optionally a
+    TensorRT 10 calibration cache from the same ranges."""
     from calibration.metrics import weight_range_spread, worst_spread
     from calibration.quantize import write_qdq_model
     from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
     from calibration.trt_cache import write_model_calibration_cache
 
     images, _ = load_image_set(_verified(calibration_set))
-    reduce_range = reduce_range_for(target)
+    activations, reduce_range = encoding_for(target)
 
     def report_batch(done: int, total: int) -> None:
         if progress is not None:
@@ -137,14 +146,16 @@ def calibrate_stage(
 
     ranges = calibrate_ranges(_verified(model), images, method, batch_size=batch_size, progress=report_batch,
                               percentile=DEFAULT_PERCENTILE if percentile is None else percentile)  # fmt: skip
-    result = write_qdq_model(model, ranges, out_path, per_channel=per_channel, reduce_range=reduce_range)
+    result = write_qdq_model(model, ranges, out_path, per_channel=per_channel, reduce_range=reduce_range,
+                             activations=activations)  # fmt: skip
     spreads = weight_range_spread(str(model))
     record = {
         "model": str(model), "output": str(out_path), "target": target, "method": ranges.method,
         "percentile": ranges.percentile, "quantize": asdict(result), "weight_spread": [asdict(s) for s in spreads],
         "worst_weight_spread": asdict(worst_spread(spreads)),
     }  # fmt: skip
-    params = {"target": target, "method": method, "per_channel": per_channel, "reduce_range": reduce_range}
+    params = {"target": target, "method": method, "per_channel": per_channel, "activations": activations,
+              "reduce_range": reduce_range}  # fmt: skip
     if trt_cache is not None:
         write_model_calibration_cache(trt_cache, ranges)
         record["trt_cache"] = str(trt_cache)

@@ -367,3 +367,47 @@ def test_failed_check_leaves_no_output(fp32_model, images, tmp_path, monkeypatch
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_uint8_activations_for_onnx_runtime_on_x86(tmp_path):
+    """ONNX Runtime's U8S8 form: uint8 activations over the observed (sign-aware) range, weights
+    still symmetric int8, and outputs as close to FP32 as the symmetric encoding gives."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = make_tiny_resnet(tmp_path / "m.onnx")
+    images = random_images(64)
+    # reduce_range: 7-bit weights, as the ort-cpu target uses on x86 without VNNI (where this test
+    # may run); with full 8-bit weights ORT's fused kernels saturate there.
+    uint8_config = QuantizeConfig(per_channel=True, reduce_range=True, activations="uint8")
+    uint8 = quantize_int8(model, images, tmp_path / "u8.onnx", uint8_config)
+    symmetric = quantize_int8(model, images, tmp_path / "s8.onnx", QuantizeConfig(per_channel=True, reduce_range=True))
+    assert uint8.config["activation_type"] == "QUInt8" and symmetric.config["activation_type"] == "QInt8"
+
+    graph = onnx.load(str(tmp_path / "u8.onnx"))
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    # From the FP32 graph: with uint8 activations ORT drops the Relu nodes (zero point 0 clamps).
+    relu_outputs = {n.output[0] for n in onnx.load(str(model)).graph.node if n.op_type == "Relu"}
+    conv_gemm_weights = {n.input[1] for n in graph.graph.node if n.op_type in ("Conv", "Gemm")}
+    activation_zero_points, weight_zero_points = [], []
+    for node in graph.graph.node:
+        is_weight = node.op_type == "DequantizeLinear" and node.output[0] in conv_gemm_weights
+        if node.op_type != "QuantizeLinear" and not is_weight:
+            continue
+        zero_point = initializers[node.input[2]]
+        if node.op_type == "QuantizeLinear":
+            activation_zero_points.append((node.input[0], zero_point))
+        else:
+            weight_zero_points.append(zero_point)
+    assert all(zp.dtype == np.uint8 for _, zp in activation_zero_points)
+    # A ReLU output never goes below 0: its uint8 range starts at 0, every level is used.
+    assert any(name in relu_outputs and int(zp) == 0 for name, zp in activation_zero_points)
+    assert weight_zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in weight_zero_points)
+
+    def logits(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images})[0]
+
+    reference = logits(model)
+    assert sqnr_db(reference, logits(tmp_path / "u8.onnx")) > 25
+    assert sqnr_db(reference, logits(tmp_path / "u8.onnx")) > sqnr_db(reference, logits(tmp_path / "s8.onnx")) - 3

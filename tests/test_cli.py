@@ -14,8 +14,9 @@ pytest.importorskip("torch")
 
 from calibration.qdq import count_qdq, qdq_zero_point_violations  # noqa: E402
 from engines.artifacts import save_image_set  # noqa: E402
+from engines.cpu import cpu_features  # noqa: E402
 from mimicnorm_deploy.cli import main  # noqa: E402
-from mimicnorm_deploy.layout import VARIANTS, RunLayout  # noqa: E402
+from mimicnorm_deploy.layout import TENSORRT_VARIANT, VARIANTS, RunLayout  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,11 +40,15 @@ def test_demo_runs_every_stage_for_both_models(demo_run):
             engine = model["engines"][variant]
             assert engine["top1_agreement_vs_fp32"] is not None and engine["simulated_accuracy"] is not None
             assert engine["latency"]["1"]["p50_ms"] > 0 and engine["memory"]["peak_rss_bytes"] > 0
-        # Exported graphs are BN-free; Q/DQ graphs are symmetric (zero point 0) for TensorRT.
+        # Exported graphs are BN-free; the TensorRT Q/DQ graph is symmetric (zero point 0) and comes
+        # with a TensorRT 10 calibration cache; this CPU's engines use its ONNX Runtime encoding.
         assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(demo_run.onnx(norm))).graph.node}
+        tensorrt = onnx.load(str(demo_run.onnx(norm, TENSORRT_VARIANT)))
+        assert count_qdq(tensorrt)["QuantizeLinear"] > 0 and qdq_zero_point_violations(tensorrt) == []
+        assert demo_run.tensorrt_cache(norm).read_text().startswith("TRT-")
+        expected = "uint8" if cpu_features().is_x86 else "int8-symmetric"
         for variant in VARIANTS[1:]:
-            qdq = onnx.load(str(demo_run.onnx(norm, variant)))
-            assert count_qdq(qdq)["QuantizeLinear"] > 0 and qdq_zero_point_violations(qdq) == []
+            assert model["engines"][variant]["calibration"]["activations"] == expected
     ratios = report["comparisons"]["mimic_vs_bn"]
     assert 0 < ratios["activation_memory_ratio"] < 1
     assert (demo_run.report_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
