@@ -3,11 +3,17 @@
 A trained model of any norm is mapped, name by name, onto its `none` twin (same topology, conv
 with bias, no BN, no residual scalars, no logits BN):
 - MimicNorm: weights re-centred exactly (in float64), each residual scalar multiplied into the
-  last conv of its branch (weights and bias), the logits BatchNorm1d folded into the Linear.
+  conv it follows (weights and bias; modules declare which in `scalar_targets`, so blocks with
+  several scalars, e.g. a projection shortcut's, need no special case), the logits BatchNorm1d
+  folded into the Linear.
 - BN twins: classic BatchNorm2d folding into the preceding conv.
+- Hidden Linear layers (VGG's classifier) carry no norm and are copied unchanged.
 - Input normalization stays one scale-shift (Mul + Add in ONNX): every stem here zero-pads its
   input, and zero padding of normalized pixels is not zero padding of raw pixels, so folding it
-  into the stem would be wrong at the borders.
+  into the stem would be wrong at the borders. An input BatchNorm (bn-revisited-input-bn) folds
+  into that scale-shift instead.
+Folding is by module name and never looks at the wiring, so concatenations, channel splits and
+shuffles (ShuffleNetV2, SqueezeNet) need no rule: the plain twin has the same forward.
 The folding math is pure functions on tensors, done in float64 and cast back to float32. Every
 fold is checked against the trained model before anything is written; a failing fold is refused.
 """
@@ -23,7 +29,8 @@ from torch import nn
 
 from engines.errors import UserError
 from mimicnorm_deploy.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from mimicnorm_deploy.layers import ConvNorm, InputNorm, ResidualScalar, centred_convs, get_norm
+from mimicnorm_deploy.layers import ConvNorm, InputBatchNorm, InputNorm, ResidualScalar, centred_convs, get_norm
+from mimicnorm_deploy.models import create_model
 
 Tensor = torch.Tensor
 
@@ -81,6 +88,10 @@ class EquivalenceReport:
     passed: bool
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
     """The state dict of `model`'s `none` twin, with every norm construct folded in."""
     norm = model.norm_spec
@@ -112,10 +123,17 @@ def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
             folded[name] = [weight, bias]
             handled.add(id(conv))
     for name, module in model.named_modules():
-        if isinstance(getattr(module, "scale", None), ResidualScalar):
-            target = f"{name}.{module.branch_last_conv}"
-            folded[target] = list(fold_scalar(*folded[target], module.scale.scale.detach().double()))
-            handled.add(id(module.scale))
+        for scalar_attr, conv_attr in getattr(module, "scalar_targets", {}).items():
+            scalar = getattr(module, scalar_attr, None)
+            if isinstance(scalar, ResidualScalar):
+                target = _join(name, conv_attr)
+                folded[target] = list(fold_scalar(*folded[target], scalar.scale.detach().double()))
+                handled.add(id(scalar))
+    linears: dict[str, list[Tensor]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module is not model.fc:
+            linears[name] = [module.weight.detach().double(), module.bias.detach().double()]
+            handled.add(id(module))
 
     fc, logits_norm = model.fc, model.logits_norm
     fc_weight, fc_bias = fc.weight.detach().double(), fc.bias.detach().double()
@@ -125,6 +143,21 @@ def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
         handled.add(id(logits_norm))
     handled.add(id(fc))
 
+    state = {f"{name}.conv.{part}": t for name, (w, b) in folded.items() for part, t in (("weight", w), ("bias", b))}
+    state.update({f"{name}.{part}": t for name, (w, b) in linears.items() for part, t in (("weight", w), ("bias", b))})
+    state["fc.weight"], state["fc.bias"] = fc_weight, fc_bias
+    input_norm = model.input_norm
+    scale, shift = input_norm.scale.detach().double(), input_norm.shift.detach().double()
+    if isinstance(input_norm, InputBatchNorm):
+        bn = input_norm.bn
+        channels = scale.shape
+        scale, shift = fold_batchnorm(scale.flatten(), shift.flatten(), bn.running_mean.double(),
+                                      bn.running_var.double(), bn.eps, bn.weight.detach().double(),
+                                      bn.bias.detach().double())  # fmt: skip
+        scale, shift = scale.view(channels), shift.view(channels)
+        handled.add(id(bn))
+    state["input_norm.scale"], state["input_norm.shift"] = scale, shift
+
     unhandled = [
         name for name, m in model.named_modules()
         if id(m) not in handled and any(True for _ in m.parameters(recurse=False))
@@ -132,11 +165,6 @@ def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
     ]  # fmt: skip
     if unhandled:
         raise UserError(f"cannot freeze: no folding rule for {', '.join(unhandled)}")
-
-    state = {f"{name}.conv.{part}": t for name, (w, b) in folded.items() for part, t in (("weight", w), ("bias", b))}
-    state["fc.weight"], state["fc.bias"] = fc_weight, fc_bias
-    state["input_norm.scale"] = model.input_norm.scale.detach().double()
-    state["input_norm.shift"] = model.input_norm.shift.detach().double()
     return {k: v.float().contiguous() for k, v in state.items()}
 
 
@@ -165,7 +193,11 @@ def freeze_model(
 ) -> tuple[nn.Module, CheckpointMeta, EquivalenceReport]:
     """Fold `model` into its plain twin and prove it equal on `check_images`; refuse otherwise."""
     frozen_meta = CheckpointMeta(**{**asdict(meta), "norm": get_norm("none").name, "frozen_from": meta.norm})
-    frozen = frozen_meta.build_model()
+    # The twin takes its stem from the model being frozen: checkpoint metadata does not record it.
+    frozen = create_model(
+        meta.arch, norm=frozen_meta.norm, num_classes=meta.num_classes, in_chans=meta.in_chans, stem=model.stem_type,
+        input_mean=meta.input_mean, input_std=meta.input_std,
+    )  # fmt: skip
     frozen.load_state_dict(fold_to_plain(model), strict=True)
     frozen.eval()
     report = check_equivalence(model, frozen.to(memory_format=torch.contiguous_format), check_images)

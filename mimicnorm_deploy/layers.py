@@ -5,9 +5,13 @@ pieces (conv bias or not, a BatchNorm2d or nothing after each conv, a residual s
 nothing, a last BN on the logits or nothing) and never branches on the norm's name itself.
 
 - `mimic`: MimicNorm as its authors implemented it (REFERENCE.md section 1): conv bias (init 0),
-  weights N(0, 2/fan_in), weight centring after construction and after every optimizer step,
-  residual scalars 1.2**m / k, BatchNorm1d(num_classes, affine=False) on the logits.
+  weights N(0, gain/fan_in) with the family's gain (`init_model_`), weight centring after
+  construction and after every optimizer step, residual scalars 1.2**m / k,
+  BatchNorm1d(num_classes, affine=False) on the logits.
 - `bn`: the baseline twin, conv without bias + BatchNorm2d after each conv.
+- `bn-revisited`: the stronger BN baseline of Davis & Frank (REFERENCE.md section 2): BN gamma
+  initialised to 0.1, gamma's learning rate divided by 100 and no weight decay on 1-D parameters
+  (both through `param_groups`). `bn-revisited-input-bn` adds their BatchNorm on the input.
 - `none`: plain conv+bias, no normalization at all. It is also the shape of every *frozen* model:
   freezing maps any norm onto this one (see freeze.py).
 """
@@ -35,9 +39,20 @@ class Norm:
     # CIFAR script skips the RGB stem (fan-in 27); a 1-channel 3x3 stem has fan-in 9.
     # None means this norm does not centre weights at all.
     centre_min_fan_in: int | None
+    bn_gamma_init: float = 1.0
+    # The optimizer rules of a norm, applied by `param_groups`: BN gammas train at lr / divisor,
+    # and 1-D parameters (gammas, betas, biases, scalars) get weight decay only if this is True.
+    gamma_lr_divisor: float = 1.0
+    weight_decay_1d: bool = True
+    # A BatchNorm2d on the (already mean/std-normalized) input, with this gamma init; None: none.
+    input_bn_gamma_init: float | None = None
 
     def norm2d(self, channels: int) -> nn.Module:
-        return nn.BatchNorm2d(channels) if self.batchnorm2d else nn.Identity()
+        if not self.batchnorm2d:
+            return nn.Identity()
+        bn = nn.BatchNorm2d(channels)
+        nn.init.constant_(bn.weight, self.bn_gamma_init)
+        return bn
 
     def scalar(self, init: float) -> nn.Module:
         return ResidualScalar(init) if self.residual_scalar else nn.Identity()
@@ -45,12 +60,25 @@ class Norm:
     def logits_norm(self, num_classes: int) -> nn.Module:
         return nn.BatchNorm1d(num_classes, affine=False) if self.logits_bn else nn.Identity()
 
+    def input_norm(self, mean: list[float], std: list[float]) -> InputNorm:
+        if self.input_bn_gamma_init is None:
+            return InputNorm(mean, std)
+        return InputBatchNorm(mean, std, self.input_bn_gamma_init)
+
+
+_REVISITED = dict(
+    conv_bias=False, batchnorm2d=True, residual_scalar=False, logits_bn=False, centre_min_fan_in=None,
+    bn_gamma_init=0.1, gamma_lr_divisor=100.0, weight_decay_1d=False,
+)  # fmt: skip
 
 NORMS: dict[str, Norm] = {
     norm.name: norm
     for norm in (
         Norm("mimic", conv_bias=True, batchnorm2d=False, residual_scalar=True, logits_bn=True, centre_min_fan_in=50),
         Norm("bn", conv_bias=False, batchnorm2d=True, residual_scalar=False, logits_bn=False, centre_min_fan_in=None),
+        Norm("bn-revisited", **_REVISITED),
+        # Davis & Frank's input BN: gamma init 0.1 * 0.58, beta frozen at 0.
+        Norm("bn-revisited-input-bn", **_REVISITED, input_bn_gamma_init=0.1 * 0.58),
         Norm("none", conv_bias=True, batchnorm2d=False, residual_scalar=False, logits_bn=False, centre_min_fan_in=None),
     )
 }
@@ -64,7 +92,12 @@ def get_norm(name: str) -> Norm:
 
 
 class ResidualScalar(nn.Module):
-    """A learnable scalar multiplying a residual branch (MimicNorm init: 1.2**m / k)."""
+    """A learnable scalar multiplying a residual branch (MimicNorm init: 1.2**m / k).
+
+    It must directly follow a conv (nothing in between), so freezing can multiply it into that
+    conv's weights and bias: the module holding it declares `scalar_targets`, a mapping from the
+    scalar's attribute name to the conv's (see freeze.py).
+    """
 
     def __init__(self, init: float) -> None:
         super().__init__()
@@ -115,10 +148,32 @@ class InputNorm(nn.Module):
         return x * self.scale + self.shift
 
 
-def init_conv_(conv: nn.Conv2d, norm: Norm, variance_gain: float = 2.0) -> None:
-    """MimicNorm: N(0, gain/fan_in), bias 0. BN twin: Kaiming normal (fan_out), as torchvision."""
+class InputBatchNorm(InputNorm):
+    """Davis & Frank's input BN: a BatchNorm2d after the fixed scale-shift, beta frozen at 0.
+
+    At inference it is one more per-channel affine map, so freezing folds it into the
+    scale-shift and the frozen model has a plain InputNorm.
+    """
+
+    def __init__(self, mean: list[float], std: list[float], gamma_init: float) -> None:
+        super().__init__(mean, std)
+        self.bn = nn.BatchNorm2d(len(mean))
+        nn.init.constant_(self.bn.weight, gamma_init)
+        self.bn.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(super().forward(x))
+
+
+def init_conv_(conv: nn.Conv2d, norm: Norm, variance_gain: float = 2.0, min_in_per_group: int = 1) -> None:
+    """MimicNorm: N(0, gain / (kh * kw * max(min_in_per_group, in / groups))), bias 0.
+    BN twins: Kaiming normal (fan_out), as torchvision.
+
+    The authors' lightweight nets floor the per-group fan-in (ShuffleNetV2 and SqueezeNet at 4,
+    MobileNetV2 at 2) so depthwise convs (one input channel per group) do not start with huge weights.
+    """
     if norm.centre_min_fan_in is not None:
-        fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        fan_in = max(min_in_per_group, conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
         nn.init.normal_(conv.weight, 0.0, math.sqrt(variance_gain / fan_in))
     else:
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
@@ -126,11 +181,11 @@ def init_conv_(conv: nn.Conv2d, norm: Norm, variance_gain: float = 2.0) -> None:
         nn.init.zeros_(conv.bias)
 
 
-def init_model_(model: nn.Module, norm: Norm, variance_gain: float = 2.0) -> None:
+def init_model_(model: nn.Module, norm: Norm, variance_gain: float = 2.0, min_in_per_group: int = 1) -> None:
     """Initialise every conv for `norm`; MimicNorm also centres the weights once, at construction."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
-            init_conv_(module, norm, variance_gain)
+            init_conv_(module, norm, variance_gain, min_in_per_group)
     if norm.centre_min_fan_in is not None:
         centre_weights_(centred_convs(model, norm.centre_min_fan_in))
 
@@ -166,3 +221,26 @@ def attach_weight_centring(model: nn.Module, optimizer: torch.optim.Optimizer) -
     convs = centred_convs(model, min_fan_in)
     handle = optimizer.register_step_post_hook(lambda *_: centre_weights_(convs))
     return handle.remove
+
+
+def param_groups(model: nn.Module, norm: Norm | str, lr: float, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups carrying `norm`'s learning-rate and weight-decay rules.
+
+    Under `bn`, `mimic` and `none` every parameter gets `lr` and `weight_decay` (the authors'
+    recipes); under `bn-revisited` BN gammas get lr / 100 and no 1-D parameter is decayed. Each
+    group has a "name" for logs. Frozen parameters (the input BN's beta) are left out.
+    """
+    norm = get_norm(norm) if isinstance(norm, str) else norm
+    gammas = {id(m.weight) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
+    decay_1d = weight_decay if norm.weight_decay_1d else 0.0
+    groups = {
+        "weights": {"params": [], "lr": lr, "weight_decay": weight_decay},
+        "bn_gammas": {"params": [], "lr": lr / norm.gamma_lr_divisor, "weight_decay": decay_1d},
+        "other_1d": {"params": [], "lr": lr, "weight_decay": decay_1d},
+    }
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        kind = "bn_gammas" if id(param) in gammas else "weights" if param.dim() > 1 else "other_1d"
+        groups[kind]["params"].append(param)
+    return [{"name": name, **group} for name, group in groups.items() if group["params"]]

@@ -1,0 +1,73 @@
+"""VGG-11/16 (conv + norm + ReLU stacks and max-pools), defined once for every norm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mimicnorm_deploy.layers import ConvNorm, Norm, init_model_
+from mimicnorm_deploy.models.registry import register_model
+
+# Output channels per 3x3 conv; "M" is a 2x2 max-pool.
+_CONFIGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+# The authors' classifier: two 4096-wide hidden layers with dropout before the logits.
+HIDDEN = 4096
+
+
+class VGG(nn.Module):
+    """VGG has no stem to choose: both stems build the same network.
+
+    The head pools globally (1x1 at 32 px, as the authors' CIFAR VGG), so any input from 28 px
+    works; max-pools round up (ceil mode) so 28 px Fashion-MNIST reaches 1x1 instead of 0x0.
+    MimicNorm init variance is 2.8 / fan_in (the authors' VGG).
+    """
+
+    def __init__(
+        self, config: list[int | str], *, norm: Norm, num_classes: int, in_chans: int, stem: str,
+        mean: list[float], std: list[float],
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.norm_spec = norm
+        self.stem_type = stem
+        self.input_norm = norm.input_norm(mean, std)
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for item in config:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+            else:
+                layers += [ConvNorm(channels, item, 3, 1, norm), nn.ReLU(inplace=True)]
+                channels = item
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        # Hidden Linear layers are not normalized under any norm (as the authors' BN twin);
+        # freezing copies them unchanged.
+        self.classifier = nn.Sequential(
+            nn.Linear(channels, HIDDEN), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Linear(HIDDEN, HIDDEN), nn.ReLU(inplace=True), nn.Dropout(),
+        )  # fmt: skip
+        self.fc = nn.Linear(HIDDEN, num_classes)
+        self.logits_norm = norm.logits_norm(num_classes)
+        for module in self.classifier:
+            if isinstance(module, nn.Linear):
+                # N(0, 2 / in_features), bias 0, as the authors: keeps ReLU activations at unit scale.
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        init_model_(self, norm, variance_gain=2.8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(self.input_norm(x))).flatten(1)
+        return self.logits_norm(self.fc(self.classifier(x)))
+
+
+@register_model
+def vgg11(**kwargs) -> VGG:
+    return VGG(_CONFIGS["vgg11"], **kwargs)
+
+
+@register_model
+def vgg16(**kwargs) -> VGG:
+    return VGG(_CONFIGS["vgg16"], **kwargs)
