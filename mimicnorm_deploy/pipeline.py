@@ -67,9 +67,9 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
         for variant in VARIANTS[1:]:
             record = calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, variant),
                                      per_channel=variant.endswith("per-channel"), progress=None)  # fmt: skip
-            config = record["quantize"]["config"]
-            progress(f"[{norm}] calibrated {variant} for this CPU ({config['activations']} activations, "
-                     f"reduce_range={config['reduce_range']})")  # fmt: skip
+            encoding = record["quantize"]["config"]
+            progress(f"[{norm}] calibrated {variant} for this CPU ({encoding['activations']} activations, "
+                     f"reduce_range={encoding['reduce_range']})")  # fmt: skip
         calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, TENSORRT_VARIANT),
                         per_channel=True, target="tensorrt", trt_cache=layout.tensorrt_cache(norm))  # fmt: skip
         progress(f"[{norm}] TensorRT artifacts: {layout.onnx(norm, TENSORRT_VARIANT)}, {layout.tensorrt_cache(norm)}")
