@@ -41,6 +41,7 @@ class CheckpointMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     # For frozen checkpoints: the norm the model was trained with (its own norm is then "none").
     frozen_from: str | None = None
+    stem: str = "cifar"  # see models/registry.py: "cifar" keeps the resolution, "imagenet" downsamples
 
     def build_model(self) -> nn.Module:
         return create_model(
@@ -48,6 +49,7 @@ class CheckpointMeta:
             norm=self.norm,
             num_classes=self.num_classes,
             in_chans=self.in_chans,
+            stem=self.stem,
             input_mean=self.input_mean,
             input_std=self.input_std,
         )

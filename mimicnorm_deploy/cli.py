@@ -28,11 +28,13 @@ def _needs_torch() -> None:
 
 def _cmd_models(args: argparse.Namespace) -> None:
     _needs_torch()
-    from mimicnorm_deploy.models import create_model, list_models
+    from mimicnorm_deploy.models.describe import describe_models
 
-    for name in list_models():
-        params = sum(p.numel() for p in create_model(name, norm=args.norm).parameters())
-        print(f"{name:20s} {params / 1e6:7.3f} M parameters ({args.norm})")
+    rows = describe_models(args.input_size, args.in_chans, args.num_classes, norm=args.norm, stem=args.stem)
+    shape = f"{args.input_size}x{args.input_size}x{args.in_chans}"
+    print(f"{'model':20s} {'params (M)':>10s} {'MACs (M)':>10s}   at {shape}, {args.stem} stem, norm {args.norm}")
+    for row in rows:
+        print(f"{row['name']:20s} {row['params'] / 1e6:10.3f} {row['macs'] / 1e6:10.1f}")
 
 
 def _cmd_prepare_data(args: argparse.Namespace) -> None:
@@ -166,8 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("models", help="list the registered architectures")
-    p.add_argument("--norm", default="mimic")
+    p = sub.add_parser("models", help="list the registered architectures with parameters and MACs")
+    p.add_argument("--norm", default="none", help="none (the frozen, deployed shape), mimic, bn, bn-revisited")
+    p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-chans", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=10)
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("prepare-data", help="write calibration (training split) and test image sets")

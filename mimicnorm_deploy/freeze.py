@@ -30,7 +30,6 @@ from torch import nn
 from engines.errors import UserError
 from mimicnorm_deploy.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from mimicnorm_deploy.layers import ConvNorm, InputBatchNorm, InputNorm, ResidualScalar, centred_convs, get_norm
-from mimicnorm_deploy.models import create_model
 
 Tensor = torch.Tensor
 
@@ -192,12 +191,10 @@ def freeze_model(
     model: nn.Module, meta: CheckpointMeta, check_images: Tensor
 ) -> tuple[nn.Module, CheckpointMeta, EquivalenceReport]:
     """Fold `model` into its plain twin and prove it equal on `check_images`; refuse otherwise."""
+    if meta.stem != model.stem_type:
+        raise UserError(f"checkpoint metadata says stem {meta.stem!r} but the model has {model.stem_type!r}")
     frozen_meta = CheckpointMeta(**{**asdict(meta), "norm": get_norm("none").name, "frozen_from": meta.norm})
-    # The twin takes its stem from the model being frozen: checkpoint metadata does not record it.
-    frozen = create_model(
-        meta.arch, norm=frozen_meta.norm, num_classes=meta.num_classes, in_chans=meta.in_chans, stem=model.stem_type,
-        input_mean=meta.input_mean, input_std=meta.input_std,
-    )  # fmt: skip
+    frozen = frozen_meta.build_model()
     frozen.load_state_dict(fold_to_plain(model), strict=True)
     frozen.eval()
     report = check_equivalence(model, frozen.to(memory_format=torch.contiguous_format), check_images)

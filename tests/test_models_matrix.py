@@ -29,10 +29,10 @@ CASES = {
 }
 NORMS = ["mimic", "bn", "bn-revisited", "none"]
 # ONNX export (the slow part) once per family through the real checkpoint round trip; every
-# norm appears at least once. Checkpoint metadata has no stem yet, so exports use CIFAR stems.
+# norm and both stems appear at least once.
 EXPORTED = {
-    ("resnet-basic", "mimic"), ("vgg", "bn"), ("mobilenetv2", "bn-revisited"), ("shufflenetv2", "mimic"),
-    ("squeezenet", "none"),
+    ("resnet-basic", "mimic"), ("resnet-bottleneck", "bn"), ("vgg", "bn"), ("mobilenetv2", "bn-revisited"),
+    ("shufflenetv2", "mimic"), ("squeezenet", "none"),
 }  # fmt: skip
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 
@@ -63,7 +63,7 @@ def test_family_builds_trains_freezes_and_exports(case, norm, tmp_path):
 
     model.eval()
     _randomize_statistics(model)
-    meta = CheckpointMeta(arch, norm, 5, 3, size, MEAN, STD, [str(i) for i in range(5)], "test")
+    meta = CheckpointMeta(arch, norm, 5, 3, size, MEAN, STD, [str(i) for i in range(5)], "test", stem=stem)
     check = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(1))
     frozen, frozen_meta, report = freeze_model(model, meta, check)
     assert report.passed and frozen_meta.norm == "none" and frozen_meta.frozen_from == norm
