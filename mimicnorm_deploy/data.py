@@ -1,13 +1,17 @@
 """Data sets as uint8 N x C x H x W arrays, plus batch augmentation and calibration sampling.
 
-Everything is held in memory (Fashion-MNIST is 70k images of 32x32 after padding, ~70 MB), so
-training needs no DataLoader workers, which on a 2-core CPU would only compete with the model.
+Everything is held in memory (Fashion-MNIST is 70k images of 32x32 after padding, ~70 MB; CIFAR
+60k of 3x32x32, ~180 MB), so training needs no DataLoader workers, which on a 2-core CPU would
+only compete with the model. ImageFolder data sets are decoded once, at load time, to one fixed
+size: fine for small folders, not for ImageNet (1.28M images of 3x224x224 would be ~190 GB).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,17 +50,47 @@ class Dataset:
         return self.train_images.shape[2]
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training split's pixels scaled to [0, 1]."""
-        pixels = self.train_images.astype(np.float64) / 255.0
-        return pixels.mean(axis=(0, 2, 3)).tolist(), pixels.std(axis=(0, 2, 3)).tolist()
+        """Per-channel mean and std of the training split's pixels scaled to [0, 1].
+
+        From a 256-bin histogram per channel: exact, and no float copy of the whole split
+        (CIFAR's would be 1.2 GB in float64).
+        """
+        values = np.arange(256, dtype=np.float64) / 255.0
+        means, stds = [], []
+        for channel in range(self.in_chans):
+            counts = np.bincount(self.train_images[:, channel].ravel(), minlength=256).astype(np.float64)
+            weights = counts / counts.sum()
+            mean = float(weights @ values)
+            means.append(mean)
+            stds.append(float(np.sqrt(max(weights @ (values - mean) ** 2, 0.0))))
+        return means, stds
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, synthetic_size: int = 512) -> Dataset:
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, *, synthetic_size: int = 512, image_size: int = 32
+) -> Dataset:
+    """Load a data set by name; `image_size` is the side ImageFolder images are resized and cropped to."""
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(_require_dir(name, data_dir), num_classes=10 if name == "cifar10" else 100)
+    if name == "imagefolder":
+        return load_image_folder(_require_dir(name, data_dir), image_size)
     if name == "synthetic":
         return make_synthetic(synthetic_size)
-    raise UserError(f"unknown dataset {name!r}; choose fashion-mnist or synthetic")
+    raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def _require_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
+    if data_dir is None:
+        raise UserError(f"the {name} data set is read from a local directory; pass --data-dir DIR")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory; pass --data-dir pointing at the {name} data")
+    return root
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -105,6 +139,181 @@ def _read_idx(path: Path) -> np.ndarray:
     if data.size != int(np.prod(shape)):
         raise UserError(f"{path}: truncated IDX file (header says {shape}); re-download it")
     return data.reshape(shape)
+
+
+# --- CIFAR-10/100: the python-pickle batches of https://www.cs.toronto.edu/~kriz/cifar.html ---------
+
+# Per variant: the sub-directory the archive unpacks to, training and test batch files, the label
+# key in each batch and the class-name key in the meta file.
+_CIFAR = {
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels",
+         "batches.meta", "label_names"),
+    100: ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta", "fine_label_names"),
+}  # fmt: skip
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold: dicts, lists, bytes, str, ints and numpy arrays.
+
+    The batches are pickles, and a pickle can call any importable function; this one resolves
+    just the four names numpy's array reconstruction needs and refuses every other global.
+    """
+
+    _reconstruct = np.zeros(0).__reduce__()[0]  # numpy's own, whatever module numpy keeps it in
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 1.x (and Python 2)
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 2.x
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch") from None
+
+
+def _read_cifar_pickle(path: Path) -> dict[str, object]:
+    """One CIFAR file as a dict with str keys (Python 2 pickles give bytes keys)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc}); re-download the CIFAR python archive") from None
+    try:
+        # encoding="bytes": the original files are Python 2 pickles, whose str are raw bytes.
+        document = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        if "not allowed" in str(exc):
+            raise UserError(f"{path}: refused to unpickle ({exc}); this is not a CIFAR batch") from None
+        raise UserError(f"{path}: corrupt CIFAR batch ({exc}); re-download the CIFAR python archive") from None
+    except Exception as exc:  # a damaged pickle can fail in many ways (EOFError, ValueError, ...)
+        raise UserError(f"{path}: corrupt CIFAR batch ({type(exc).__name__}: {exc}); re-download it") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{path}: not a CIFAR batch (a pickled {type(document).__name__}, not a dict)")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in document.items()}
+
+
+def _cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    batch = _read_cifar_pickle(path)
+    data, labels = batch.get("data"), batch.get(label_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise UserError(f"{path}: corrupt CIFAR batch ('data' is not an N x 3072 uint8 array); re-download it")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        labels = None
+    if labels is None or labels.shape != (len(data),):
+        raise UserError(
+            f"{path}: corrupt CIFAR batch (no {label_key!r} list matching 'data'); is it CIFAR-{num_classes}?"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{path}: labels outside 0..{num_classes - 1}; is this CIFAR-{num_classes}?")
+    # Rows are 1024 red, 1024 green, 1024 blue values, each plane row-major: already N x C x H x W.
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar(data_dir: str | os.PathLike, num_classes: int = 10) -> Dataset:
+    """CIFAR-10 or CIFAR-100 (fine labels) from the python version's batch files.
+
+    `data_dir` is the unpacked directory (cifar-10-batches-py, cifar-100-python) or its parent.
+    """
+    if num_classes not in _CIFAR:
+        raise UserError(f"CIFAR has 10 or 100 classes, not {num_classes}")
+    subdir, train_files, test_files, label_key, meta_file, names_key = _CIFAR[num_classes]
+    root = Path(data_dir)
+    if not (root / train_files[0]).is_file() and (root / subdir).is_dir():
+        root = root / subdir
+    missing = [name for name in train_files + test_files if not (root / name).is_file()]
+    if missing:
+        raise UserError(
+            f"CIFAR-{num_classes} file(s) {', '.join(missing)} not found in {root}; pass --data-dir DIR holding the "
+            f"unpacked python version ({subdir}/ from cifar-{num_classes}-python.tar.gz)"
+        )
+    splits = {}
+    for split, names in (("train", train_files), ("test", test_files)):
+        parts = [_cifar_batch(root / name, label_key, num_classes) for name in names]
+        splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    classes = [f"class{i}" for i in range(num_classes)]
+    if (root / meta_file).is_file():
+        names = _read_cifar_pickle(root / meta_file).get(names_key)
+        if isinstance(names, list) and len(names) == num_classes:
+            classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    return Dataset(f"cifar{num_classes}", *splits["train"], *splits["test"], classes)
+
+
+# --- ImageFolder: one sub-directory per class --------------------------------------------------
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def load_image_folder(
+    data_dir: str | os.PathLike, image_size: int = 32, *, test_fraction: float = 0.1, seed: int = 0
+) -> Dataset:
+    """Images in class sub-directories (torchvision's ImageFolder layout), decoded once to RGB uint8.
+
+    With `train/` and `val/` (or `test/`) sub-directories those are the splits; otherwise the
+    class directories sit directly under `data_dir` and a seeded `test_fraction` of the images
+    is held out as the test split. Each image's shorter side is resized to `image_size` and the
+    centre cropped square, as torchvision's Resize + CenterCrop evaluation transform does.
+    """
+    if image_size <= 0:
+        raise UserError(f"image size must be positive, got {image_size}")
+    root = Path(data_dir)
+    train_root = root / "train" if (root / "train").is_dir() else root
+    test_root = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    classes, train_files = _scan_image_folder(train_root)
+    if test_root is None:
+        order = np.random.default_rng(seed).permutation(len(train_files))
+        n_test = round(len(train_files) * test_fraction)
+        if n_test == 0 or n_test == len(train_files):
+            raise UserError(f"{root}: {len(train_files)} images are too few to hold out a test split; add val/")
+        test_files = [train_files[i] for i in sorted(order[:n_test])]
+        train_files = [train_files[i] for i in sorted(order[n_test:])]
+    else:
+        test_classes, test_files = _scan_image_folder(test_root)
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise UserError(f"{test_root}: classes {', '.join(unknown)} have no training images in {train_root}")
+        test_files = [(path, classes.index(test_classes[label])) for path, label in test_files]
+    train_images, train_labels = _decode_images(train_files, image_size)
+    test_images, test_labels = _decode_images(test_files, image_size)
+    return Dataset("imagefolder", train_images, train_labels, test_images, test_labels, classes)
+
+
+def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Sorted class names, and (path, class index) for every image, in a deterministic order."""
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    files = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((root / name).rglob("*"))
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    if not files:
+        raise UserError(
+            f"{root}: empty image folder (no class sub-directories with {', '.join(IMAGE_EXTENSIONS)} files); "
+            "pass a directory laid out as CLASS_NAME/IMAGE"
+        )
+    return classes, files
+
+
+def _decode_images(files: list[tuple[Path, int]], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise UserError("reading image folders needs Pillow: pip install 'mimicnorm-deploy[train]'") from None
+    images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
+    for i, (path, _) in enumerate(files):
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise UserError(f"{path}: cannot decode image ({exc}); remove or replace the file") from None
+        # fit = scale the shorter side to image_size, then crop the centre square.
+        square = ImageOps.fit(rgb, (image_size, image_size), method=Image.Resampling.BILINEAR)
+        images[i] = np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
+    return images, np.array([label for _, label in files], dtype=np.int64)
 
 
 def make_synthetic(size: int = 512, *, num_classes: int = 4, image_size: int = 16, seed: int = 0) -> Dataset:

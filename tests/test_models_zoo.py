@@ -220,6 +220,6 @@ def test_imagenet_stems_downsample_by_four_and_freeze_exactly():
     assert model.stem.conv.stride == (2, 2) and isinstance(model.stem_pool, nn.MaxPool2d)
     _randomize_statistics(model)
     meta = CheckpointMeta("shufflenetv2_050", "mimic", 10, 3, 64, [0.0] * 3, [1.0] * 3,
-                          [str(i) for i in range(10)], "test")  # fmt: skip
+                          [str(i) for i in range(10)], "test", stem="imagenet")  # fmt: skip
     frozen, _, report = freeze_model(model, meta, torch.rand(4, 3, 64, 64))
     assert report.passed and frozen.stem_type == "imagenet" and frozen.stem.conv.stride == (2, 2)
