@@ -42,7 +42,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.data import load_dataset
     from mimicnorm_deploy.stages import prepare_data
 
-    data = prepare_data(load_dataset(args.dataset, args.data_dir), args.out,
+    data = prepare_data(load_dataset(args.dataset, args.data_dir, image_size=args.image_size), args.out,
                         calibration_count=args.calibration_count, seed=args.seed)  # fmt: skip
     print(f"{data.calibration} ({data.calibration_images} images)\n{data.test} ({data.test_images} images)")
 
@@ -54,15 +54,45 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.train import TrainConfig
 
     config = TrainConfig(
-        arch=args.arch, norm=args.norm, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, augment=not args.no_augment,
-        max_steps_per_epoch=args.max_steps_per_epoch,
+        arch=args.arch, norm=args.norm, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        schedule=args.schedule, milestones=[float(m) for m in args.milestones.split(",") if m],
+        seed=args.seed, channels_last=not args.no_channels_last, augment=not args.no_augment,
+        augment_pad=args.augment_pad, max_steps_per_epoch=args.max_steps_per_epoch, device=args.device,
+        amp=args.amp, grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, sync_bn=args.sync_bn,
     )  # fmt: skip
     from mimicnorm_deploy.models import create_model
 
-    create_model(args.arch, norm=args.norm)  # fail fast on an unknown name, before loading data
-    result = train_stage(config, load_dataset(args.dataset, args.data_dir), args.out, _progress)
+    create_model(args.arch, norm=args.norm, stem=args.stem)  # fail fast on an unknown name, before loading data
+    dataset = load_dataset(args.dataset, args.data_dir, image_size=args.image_size)
+    result = train_stage(config, dataset, args.out, _progress, resume=args.resume)
     print(f"{result.checkpoint}: test accuracy {100 * result.final_test_accuracy:.2f}%")
+
+
+def _cmd_profile_memory(args: argparse.Namespace) -> None:
+    _needs_torch()
+    from engines.artifacts import write_json
+    from mimicnorm_deploy.memory import compare_memory
+    from mimicnorm_deploy.schemas import MEMORY_PROFILE
+
+    norms = tuple(args.norms.split(","))
+    if len(norms) != 2:
+        raise UserError(f"--norms takes two norms to compare, e.g. mimic,bn; got {args.norms!r}")
+    result = compare_memory(args.model, args.batch, args.input_size, args.in_chans, args.num_classes, args.device,
+                            norms=norms, stem=args.stem, amp=args.amp)  # fmt: skip
+    for norm, profile in result["norms"].items():
+        mib = {key: value / 2**20 for key, value in profile.items() if key.endswith("_bytes")}
+        line = (f"{norm:14s} activations {mib['activation_bytes']:9.1f} MiB, parameters {mib['parameter_bytes']:.1f}"
+                f" + gradients {mib['gradient_bytes']:.1f} + momentum {mib['optimizer_state_bytes']:.1f} MiB, "
+                f"total {mib['training_bytes']:.1f} MiB")  # fmt: skip
+        if "cuda_peak_allocated_bytes" in profile:
+            line += (f"; CUDA peak allocated {mib['cuda_peak_allocated_bytes']:.1f} MiB, reserved "
+                     f"{mib['cuda_peak_reserved_bytes']:.1f} MiB, step p50 {profile['step_ms_p50']:.2f} ms")
+        print(line)
+    print(f"ratios {result['ratio_of']}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["ratios"].items()))
+    if args.out:
+        write_json(args.out, *MEMORY_PROFILE, result)
+        print(f"written {args.out}")
 
 
 def _cmd_freeze(args: argparse.Namespace) -> None:
@@ -149,9 +179,12 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or synthetic")
-    parser.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files "
-                        "(default /usr/share/datasets/fashion-mnist, from Debian's dataset-fashion-mnist)")  # fmt: skip
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="fashion-mnist (default), cifar10, cifar100, imagefolder or synthetic")  # fmt: skip
+    parser.add_argument("--data-dir", help="the data set's local directory: Fashion-MNIST's four IDX files (default "
+                        "/usr/share/datasets/fashion-mnist, from Debian's dataset-fashion-mnist), CIFAR's python "
+                        "batches, or an ImageFolder (one sub-directory per class)")  # fmt: skip
+    parser.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized and cropped to it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,19 +216,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_prepare_data)
 
-    p = sub.add_parser("train", help="train one model")
+    p = sub.add_parser("train", help="train one model (multi-GPU/-node: torchrun --nproc_per_node N -m "
+                       "mimicnorm_deploy train ...)")  # fmt: skip
     _add_data_options(p)
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--norm", default="mimic", help="mimic, bn or none")
+    p.add_argument("--norm", default="mimic", help="mimic, bn, bn-revisited, bn-revisited-input-bn or none")
+    p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
     p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="the global batch (split across torchrun ranks)")
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.3)
+    p.add_argument("--schedule", default="cosine", help="cosine or step (x0.1 at each of --milestones)")
+    p.add_argument("--milestones", default="", help="epochs for the step schedule, e.g. 80,110,135")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--amp", default="off", help="off, bf16 or fp16 (fp16 needs CUDA; adds a grad scaler)")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0 = off)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--sync-bn", default="off", help="under torchrun on GPUs: off, logits or all")
+    p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--no-augment", action="store_true", help="no random crop + flip")
+    p.add_argument("--augment-pad", type=int, default=2, help="random-crop padding in pixels")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("profile-memory", help="training memory of one model, MimicNorm vs its BN twin")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--stem", default="cifar")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--amp", default="off")
+    p.add_argument("--norms", default="mimic,bn", help="two norms, the first divided by the second")
+    p.add_argument("--out", help="also write the result as JSON")
+    p.set_defaults(func=_cmd_profile_memory)
 
     p = sub.add_parser("freeze", help="fold a trained checkpoint into plain conv+bias kernels (checked)")
     p.add_argument("checkpoint")

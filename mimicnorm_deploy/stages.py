@@ -65,12 +65,16 @@ def prepare_data(dataset, out_dir: str | os.PathLike, *, calibration_count: int 
 # --- train / freeze / export (torch) -------------------------------------------------------------
 
 
-def train_stage(config, dataset, out_dir: str | os.PathLike, progress: Progress = print):
-    from mimicnorm_deploy.train import CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE, train
+def train_stage(config, dataset, out_dir: str | os.PathLike, progress: Progress = print, resume: bool = False):
+    """Train (or, with `resume`, continue the interrupted run in `out_dir`); under torchrun only
+    rank 0 records the artifacts, as only rank 0 writes them."""
+    from mimicnorm_deploy.distributed import is_main_process
+    from mimicnorm_deploy.train import CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE, TRAIN_STATE_FILE, train
 
-    result = train(config, dataset, out_dir, progress)
-    for name in (CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE):
-        _record(Path(out_dir) / name, "train", [], {**asdict(config), "dataset": dataset.name})
+    result = train(config, dataset, out_dir, progress, resume_from=out_dir if resume else None)
+    if is_main_process():
+        for name in (CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE, TRAIN_STATE_FILE):
+            _record(Path(out_dir) / name, "train", [], {**asdict(config), "dataset": dataset.name})
     return result
 
 

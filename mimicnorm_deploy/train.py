@@ -187,6 +187,7 @@ class Trainer:
         resume_from: str | os.PathLike | None = None,
     ) -> None:
         config.validate()
+        state_path = train_state_path(resume_from) if resume_from is not None else None  # fail before any work
         self.config, self.dataset, self.out = config, dataset, Path(out_dir)
         self.context = distributed.setup(config.device)
         self.device = self.context.device
@@ -240,8 +241,8 @@ class Trainer:
         self.step, self.epoch, self.resumed_from_epoch = 0, 0, None
         self.epochs_log: list[dict[str, Any]] = []
         self.step_times: list[float] = []
-        if resume_from is not None:
-            self.load_state(resume_from)
+        if state_path is not None:
+            self.load_state(state_path)
         if self.context.is_main:
             # Resumed: the log up to the saved epoch (an epoch logged after the last state save is redone).
             atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.epochs_log))
@@ -379,11 +380,7 @@ class Trainer:
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Continue from a state written by `save_state` (a file, or the run directory holding it)."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / TRAIN_STATE_FILE
-        if not p.is_file():
-            raise UserError(f"{p}: no training state to resume from; it is written at the end of each epoch")
+        p = train_state_path(path)
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling a damaged or foreign file fails in many ways
@@ -417,6 +414,16 @@ class Trainer:
 def _dataset_signature(dataset: Dataset) -> dict[str, Any]:
     return {"name": dataset.name, "train": len(dataset.train_images), "test": len(dataset.test_images),
             "classes": len(dataset.classes)}  # fmt: skip
+
+
+def train_state_path(path: str | os.PathLike) -> Path:
+    """The training-state file of a run directory (or the file itself); UserError if there is none."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / TRAIN_STATE_FILE
+    if not p.is_file():
+        raise UserError(f"{p}: no training state to resume from; it is written at the end of each epoch")
+    return p
 
 
 def train(

@@ -160,3 +160,26 @@ def test_jetson_side_runs_without_torch(demo_run, tmp_path):
     assert bench["accuracy"]["top1_agreement"] > 0.5
     assert json.loads(q.with_suffix(".json").read_text())["quantize"]["config"]["reduce_range"] is False
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_models_lists_parameters_and_macs(capsys):
+    assert main(["models", "--in-chans", "1"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("resnet20 "))
+    params, macs = map(float, row.split()[1:3])
+    assert params == pytest.approx(0.271, abs=0.001) and macs == pytest.approx(40.5, abs=0.5)
+
+
+def test_profile_memory_compares_the_twins(tmp_path, capsys):
+    out = tmp_path / "memory.json"
+    assert main(["profile-memory", "--model", "resnet20", "--in-chans", "1", "--batch", "8", "--device", "cpu",
+                 "--out", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["schema"] == "mimicnorm-deploy/memory-profile" and result["ratio_of"] == "mimic/bn"
+    assert 0 < result["ratios"]["activation_bytes"] < 1
+    assert "activation_bytes" in capsys.readouterr().out
+
+
+def test_resume_without_an_interrupted_run(tmp_path, capsys):
+    assert main(["train", "--dataset", "synthetic", "--resume", "--out", str(tmp_path / "run")]) == 2
+    assert "error: " in _error_line(capsys)
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
