@@ -58,7 +58,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         schedule=args.schedule, milestones=[float(m) for m in args.milestones.split(",") if m],
         seed=args.seed, channels_last=not args.no_channels_last, augment=not args.no_augment,
-        augment_pad=args.augment_pad, max_steps_per_epoch=args.max_steps_per_epoch, device=args.device,
+        augment_pad=args.augment_pad, augment_style=args.augment_style, max_steps_per_epoch=args.max_steps_per_epoch,
+        device=args.device,
         amp=args.amp, grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, sync_bn=args.sync_bn,
     )  # fmt: skip
     from mimicnorm_deploy.models import create_model
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     p.add_argument("--augment-pad", type=int, default=2, help="random-crop padding in pixels")
+    p.add_argument("--augment-style", default="crop-flip",
+                   help="crop-flip (CIFAR-style) or resized-crop (ImageNet-style random-resized crop, flip)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
     p.add_argument("--out", required=True, help="output directory")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -351,6 +352,35 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 2
     cropped = padded[batch_index, channel_index, rows, cols]
     flip = torch.rand(n, generator=generator) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), cropped.flip(3), cropped)
+
+
+def random_resized_crop_batch(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """ImageNet-style augmentation on a uint8 batch: per image, a crop of a random area fraction
+    (`scale`) and aspect ratio (`ratio`, log-uniform) at a random position, resized back to the
+    input size (bilinear), then a random horizontal flip. One batched grid_sample, no per-image loop."""
+    n = images.shape[0]
+    area = torch.empty(n).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    # Crop size as a fraction of the image side, clipped to fit (torchvision retries instead; clipping
+    # keeps the batch vectorized and only narrows extreme aspect ratios).
+    width = torch.sqrt(area * aspect).clamp(max=1.0)
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    # Centres in normalized [-1, 1] coordinates such that the crop stays inside the image.
+    centre_x = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
+    centre_y = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = width * flip, centre_x
+    theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    resized = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def calibration_indices(num_train: int, count: int, seed: int = 0) -> np.ndarray:

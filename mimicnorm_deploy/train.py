@@ -30,7 +30,7 @@ from engines.artifacts import atomic_path, atomic_write_text, write_json
 from engines.errors import UserError
 from mimicnorm_deploy import distributed
 from mimicnorm_deploy.checkpoint import CheckpointMeta, save_checkpoint
-from mimicnorm_deploy.data import Dataset, augment_batch, to_model_input
+from mimicnorm_deploy.data import Dataset, augment_batch, random_resized_crop_batch, to_model_input
 from mimicnorm_deploy.layers import attach_weight_centring, param_groups
 from mimicnorm_deploy.schemas import TRAIN_REPORT
 
@@ -64,6 +64,9 @@ class TrainConfig:
     channels_last: bool = True
     augment: bool = True
     augment_pad: int = 2  # random-crop padding in pixels; 4 is the usual for CIFAR
+    # "crop-flip" (CIFAR-style: padded random crop + flip) or "resized-crop" (ImageNet-style:
+    # random-resized crop + flip, for ImageNet-stem models on large images).
+    augment_style: str = "crop-flip"
     # Cap on steps per epoch (0 = the whole training split); lets tests and quick runs stay short.
     max_steps_per_epoch: int = 0
     device: str = "cpu"  # "cpu", "cuda" or "auto" (CUDA when present); under torchrun, one GPU per local rank
@@ -83,6 +86,8 @@ class TrainConfig:
             raise UserError(f"unknown device {self.device!r}; choose one of: {', '.join(distributed.DEVICES)}")
         if self.sync_bn not in distributed.SYNC_BN:
             raise UserError(f"unknown sync-bn mode {self.sync_bn!r}; choose one of: {', '.join(distributed.SYNC_BN)}")
+        if self.augment_style not in ("crop-flip", "resized-crop"):
+            raise UserError(f"unknown augmentation {self.augment_style!r}; choose crop-flip or resized-crop")
         if self.augment_pad < 0:
             raise UserError(f"augmentation padding must be >= 0, got {self.augment_pad}")
         if self.grad_clip < 0:
@@ -300,7 +305,9 @@ class Trainer:
             images = self.train_images[index]
             if config.augment:
                 # The whole global batch on every rank, so the generator advances alike everywhere.
-                images = augment_batch(images, self.generator, pad=config.augment_pad)
+                images = (augment_batch(images, self.generator, pad=config.augment_pad)
+                          if config.augment_style == "crop-flip"
+                          else random_resized_crop_batch(images, self.generator))  # fmt: skip
             x = to_model_input(distributed.shard(images, context)).to(self.device)
             y = distributed.shard(self.train_labels[index], context).to(self.device)
             if config.channels_last:

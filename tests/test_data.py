@@ -72,3 +72,25 @@ def test_augmentation_is_a_shifted_possibly_flipped_copy():
         padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
         candidates = [padded[:, r : r + 8, c : c + 8] for r in range(5) for c in range(5)]
         assert any(torch.equal(augmented, x) or torch.equal(augmented, x.flip(2)) for x in candidates)
+
+
+def test_resized_crop_of_the_whole_image_without_flip_is_the_image():
+    from mimicnorm_deploy.data import random_resized_crop_batch
+
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = random_resized_crop_batch(images, torch.Generator().manual_seed(1), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    # Full-area square crops: each output is the image or its mirror, exactly.
+    for original, augmented in zip(images, out, strict=True):
+        assert torch.equal(augmented, original) or torch.equal(augmented, original.flip(2))
+
+
+def test_resized_crop_zooms_into_part_of_the_image():
+    from mimicnorm_deploy.data import random_resized_crop_batch
+
+    # Left half 0, right half 255: a crop of a quarter of the area sees mostly one side or a boundary.
+    images = torch.zeros(64, 1, 16, 16, dtype=torch.uint8)
+    images[..., 8:] = 255
+    out = random_resized_crop_batch(images, torch.Generator().manual_seed(0), scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    bright = (out.float().mean(dim=(1, 2, 3)) / 255).tolist()
+    assert min(bright) < 0.35 and max(bright) > 0.65  # different crops see different parts

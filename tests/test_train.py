@@ -46,3 +46,14 @@ def test_training_writes_checkpoint_metrics_and_report(tmp_path):
     report = json.loads((tmp_path / "train_report.json").read_text())
     assert report["schema"] == "mimicnorm-deploy/train-report" and report["activation_memory"]["bytes"] > 0
     assert result.mean_step_ms > 0
+
+
+def test_imagenet_style_augmentation_trains_and_unknown_styles_are_refused(tmp_path):
+    from engines.errors import UserError
+
+    dataset = make_synthetic(64)
+    config = TrainConfig(epochs=1, batch_size=16, max_steps_per_epoch=2, augment_style="resized-crop")
+    result = train(config, dataset, tmp_path, progress=lambda _: None)
+    assert result.epochs[-1]["steps"] == 2
+    with pytest.raises(UserError, match="unknown augmentation"):
+        TrainConfig(augment_style="mixup").validate()
