@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import Error as ProtobufError
 from onnx import TensorProto, numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from calibration.inputs import load_onnx
 from calibration.qdq import QDQ_OPS, constant_tensors, is_quantized
 from engines.artifacts import atomic_path
 from engines.errors import UserError
@@ -59,7 +59,7 @@ def convert_fp16(
     path = Path(model_path)
     if Path(out_path).resolve() == path.resolve():
         raise UserError(f"{out_path}: output would overwrite the FP32 input model; pass another output path")
-    model = _load_onnx(path)
+    model = load_onnx(path)
     if is_quantized(model):
         raise UserError(f"{path}: already quantized (has Q/DQ or quantized ops); pass the FP32 model")
     return _write_fp16(model, path, out_path, keep_io_fp32, activation_max_abs, blocked_ops=())
@@ -73,7 +73,7 @@ def convert_qdq_fp16(
     That is a mixed plan's high-precision layers in FP16; model inputs and outputs stay FP32.
     """
     path = Path(qdq_model_path)
-    return _write_fp16(_load_onnx(path), path, out_path, True, activation_max_abs, blocked_ops=QDQ_OPS)
+    return _write_fp16(load_onnx(path), path, out_path, True, activation_max_abs, blocked_ops=QDQ_OPS)
 
 
 def _write_fp16(
@@ -99,18 +99,6 @@ def _write_fp16(
     with atomic_path(out_path) as tmp:
         onnx.save(converted, tmp)
     return Path(out_path)
-
-
-def _load_onnx(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; pass the FP32 ONNX model written by 'mimicnorm-deploy export'")
-    try:
-        model = onnx.load(str(path))
-        if not model.graph.node:
-            raise ValueError("no graph")
-    except (ProtobufError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not an ONNX model ({exc.__class__.__name__}); pass the FP32 .onnx file") from None
-    return model
 
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:

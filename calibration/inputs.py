@@ -18,7 +18,8 @@ from engines.errors import UserError
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def load_fp32_model(path: Path) -> onnx.ModelProto:
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """A valid ONNX model from `path`, or a UserError saying why not."""
     if not path.is_file():
         raise UserError(f"{path}: no such file; pass the FP32 ONNX model written by 'mimicnorm-deploy export'")
     try:
@@ -29,6 +30,12 @@ def load_fp32_model(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except (ProtobufError, OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise UserError(f"{path}: not an ONNX model ({exc.__class__.__name__}); pass the FP32 .onnx file") from None
+    return model
+
+
+def load_fp32_model(path: Path) -> onnx.ModelProto:
+    """`load_onnx`, plus: not yet quantized, and with a layer worth quantizing."""
+    model = load_onnx(path)
     if is_quantized(model):
         raise UserError(f"{path}: already quantized (has Q/DQ or quantized ops); pass the FP32 model")
     if not any(node.op_type in WEIGHTED_OPS for node in model.graph.node):
