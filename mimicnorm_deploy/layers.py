@@ -165,6 +165,24 @@ class InputBatchNorm(InputNorm):
         return self.bn(super().forward(x))
 
 
+class NormClassifier(nn.Module):
+    """Base of every model family: the contract that freezing and export rely on.
+
+    `norm_spec` and `stem_type` say how the model was built (freezing builds its plain twin from
+    them), `input_norm` maps [0, 1] pixels to normalized ones, and the logits come from a Linear
+    `fc` followed by the norm's `logits_norm` (MimicNorm's affine-free BatchNorm1d, or nothing).
+    """
+
+    def __init__(self, norm: Norm, stem: str, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.norm_spec, self.stem_type = norm, stem
+        self.input_norm = norm.input_norm(mean, std)
+
+    def add_classifier(self, in_features: int, num_classes: int) -> None:
+        self.fc = nn.Linear(in_features, num_classes)
+        self.logits_norm = self.norm_spec.logits_norm(num_classes)
+
+
 def init_conv_(conv: nn.Conv2d, norm: Norm, variance_gain: float = 2.0, min_in_per_group: int = 1) -> None:
     """MimicNorm: N(0, gain / (kh * kw * max(min_in_per_group, in / groups))), bias 0.
     BN twins: Kaiming normal (fan_out), as torchvision.

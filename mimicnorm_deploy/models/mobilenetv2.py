@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, init_model_
+from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_
 from mimicnorm_deploy.models.registry import register_model
 
 # (expansion t, output channels c, blocks n, stride s) per stage, as in the paper (ImageNet).
@@ -53,15 +53,12 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(NormClassifier):
     def __init__(
         self, width: float, *, norm: Norm, num_classes: int, in_chans: int, stem: str,
         mean: list[float], std: list[float],
     ) -> None:  # fmt: skip
-        super().__init__()
-        self.norm_spec = norm
-        self.stem_type = stem
-        self.input_norm = norm.input_norm(mean, std)
+        super().__init__(norm, stem, mean, std)
         imagenet = stem == "imagenet"
         channels = make_divisible(STEM_WIDTH * width)
         self.stem = ConvNorm(in_chans, channels, 3, 2 if imagenet else 1, norm)
@@ -82,8 +79,7 @@ class MobileNetV2(nn.Module):
         head_width = make_divisible(HEAD_WIDTH * max(1.0, width))
         self.head = ConvNorm(channels, head_width, 1, 1, norm)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(head_width, num_classes)
-        self.logits_norm = norm.logits_norm(num_classes)
+        self.add_classifier(head_width, num_classes)
         # The authors floor the per-group fan-in at 2 for MobileNetV2 (depthwise: 2 * 9, not 9).
         init_model_(self, norm, variance_gain=2.0, min_in_per_group=2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, init_model_, residual_scalar_init
+from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_, residual_scalar_init
 from mimicnorm_deploy.models.registry import register_model
 
 # MimicNorm's projection shortcut under the ImageNet stem is multiplied by a learnable scalar
@@ -73,7 +73,7 @@ class Bottleneck(_ResidualBlock):
         return self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
 
 
-class ResNet(nn.Module):
+class ResNet(NormClassifier):
     def __init__(
         self,
         block: type[_ResidualBlock],
@@ -87,10 +87,7 @@ class ResNet(nn.Module):
         mean: list[float],
         std: list[float],
     ) -> None:
-        super().__init__()
-        self.norm_spec = norm
-        self.stem_type = stem
-        self.input_norm = norm.input_norm(mean, std)
+        super().__init__(norm, stem, mean, std)
         imagenet = stem == "imagenet"
         self.stem = ConvNorm(in_chans, widths[0], 7 if imagenet else 3, 2 if imagenet else 1, norm)
         self.stem_pool = nn.MaxPool2d(3, 2, padding=1) if imagenet else nn.Identity()
@@ -106,8 +103,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_width, num_classes)
-        self.logits_norm = norm.logits_norm(num_classes)
+        self.add_classifier(in_width, num_classes)
         init_model_(self, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

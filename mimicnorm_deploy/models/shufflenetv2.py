@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, init_model_
+from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_
 from mimicnorm_deploy.models.registry import register_model
 
 STEM_WIDTH = 24
@@ -58,17 +58,14 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(torch.cat([shortcut, branch], dim=1), 2)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(NormClassifier):
     scalar_targets = {"head_scale": "head"}
 
     def __init__(
         self, width: float, *, norm: Norm, num_classes: int, in_chans: int, stem: str,
         mean: list[float], std: list[float],
     ) -> None:  # fmt: skip
-        super().__init__()
-        self.norm_spec = norm
-        self.stem_type = stem
-        self.input_norm = norm.input_norm(mean, std)
+        super().__init__(norm, stem, mean, std)
         imagenet = stem == "imagenet"
         self.stem = ConvNorm(in_chans, STEM_WIDTH, 3, 2 if imagenet else 1, norm)
         self.stem_pool = nn.MaxPool2d(3, 2, padding=1) if imagenet else nn.Identity()
@@ -83,8 +80,7 @@ class ShuffleNetV2(nn.Module):
         self.head = ConvNorm(channels, head_width, 1, 1, norm)
         self.head_scale = norm.scalar(SCALAR_BASE)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(head_width, num_classes)
-        self.logits_norm = norm.logits_norm(num_classes)
+        self.add_classifier(head_width, num_classes)
         # The authors' init: variance 2 / (k * k * max(4, in / groups)).
         init_model_(self, norm, variance_gain=2.0, min_in_per_group=4)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, init_model_
+from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_
 from mimicnorm_deploy.models.registry import register_model
 
 STEM_WIDTH = 64
@@ -28,7 +28,7 @@ class Fire(nn.Module):
         return self.relu(torch.cat([self.expand1x1(x), self.expand3x3(x)], dim=1))
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(NormClassifier):
     """SqueezeNet 1.1. The ImageNet stem is a 3x3 stride-2 conv, the CIFAR stem keeps stride 1;
     both are followed by torchvision's three ceil-mode max-pools (32 px -> 4x4 before the head).
     The head pools globally and applies `fc`, the same map as torchvision's 1x1 conv before its
@@ -37,10 +37,7 @@ class SqueezeNet(nn.Module):
     def __init__(
         self, *, norm: Norm, num_classes: int, in_chans: int, stem: str, mean: list[float], std: list[float]
     ) -> None:
-        super().__init__()
-        self.norm_spec = norm
-        self.stem_type = stem
-        self.input_norm = norm.input_norm(mean, std)
+        super().__init__(norm, stem, mean, std)
         self.stem = ConvNorm(in_chans, STEM_WIDTH, 3, 2 if stem == "imagenet" else 1, norm)
         self.relu = nn.ReLU(inplace=True)
         layers: list[nn.Module] = [nn.MaxPool2d(3, 2, ceil_mode=True)]
@@ -55,8 +52,7 @@ class SqueezeNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(0.5)
-        self.fc = nn.Linear(channels, num_classes)
-        self.logits_norm = norm.logits_norm(num_classes)
+        self.add_classifier(channels, num_classes)
         # The authors' init: variance 2.8 / (k * k * max(4, in / groups)).
         init_model_(self, norm, variance_gain=2.8, min_in_per_group=4)
 

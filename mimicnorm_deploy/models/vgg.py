@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, init_model_
+from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_
 from mimicnorm_deploy.models.registry import register_model
 
 # Output channels per 3x3 conv; "M" is a 2x2 max-pool.
@@ -17,7 +17,7 @@ _CONFIGS: dict[str, list[int | str]] = {
 HIDDEN = 4096
 
 
-class VGG(nn.Module):
+class VGG(NormClassifier):
     """VGG has no stem to choose: both stems build the same network.
 
     The head pools globally (1x1 at 32 px, as the authors' CIFAR VGG), so any input from 28 px
@@ -29,10 +29,7 @@ class VGG(nn.Module):
         self, config: list[int | str], *, norm: Norm, num_classes: int, in_chans: int, stem: str,
         mean: list[float], std: list[float],
     ) -> None:  # fmt: skip
-        super().__init__()
-        self.norm_spec = norm
-        self.stem_type = stem
-        self.input_norm = norm.input_norm(mean, std)
+        super().__init__(norm, stem, mean, std)
         layers: list[nn.Module] = []
         channels = in_chans
         for item in config:
@@ -49,8 +46,7 @@ class VGG(nn.Module):
             nn.Linear(channels, HIDDEN), nn.ReLU(inplace=True), nn.Dropout(),
             nn.Linear(HIDDEN, HIDDEN), nn.ReLU(inplace=True), nn.Dropout(),
         )  # fmt: skip
-        self.fc = nn.Linear(HIDDEN, num_classes)
-        self.logits_norm = norm.logits_norm(num_classes)
+        self.add_classifier(HIDDEN, num_classes)
         for module in self.classifier:
             if isinstance(module, nn.Linear):
                 # N(0, 2 / in_features), bias 0, as the authors: keeps ReLU activations at unit scale.
