@@ -11,11 +11,8 @@ import numpy as np
 import onnx
 from google.protobuf.message import Error as ProtobufError
 
-from calibration.qdq import is_quantized
+from calibration.qdq import WEIGHTED_OPS, is_quantized
 from engines.errors import UserError
-
-# Ops whose weights INT8 is for; a model without any has nothing worth quantizing.
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:

@@ -1,4 +1,5 @@
-"""Inspection of QuantizeLinear/DequantizeLinear (Q/DQ) ONNX graphs."""
+"""Inspection of QuantizeLinear/DequantizeLinear (Q/DQ) ONNX graphs: which layers can be quantized,
+and whether a Q/DQ graph keeps the rules TensorRT needs (zero points, placement, no dangling pair)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Ops whose weights INT8 is for; a model without any has nothing worth quantizing.
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 # Ops that only appear in a model someone already quantized: the Q/DQ pair, ONNX Runtime's
 # QOperator format and dynamic quantization.
 QUANTIZED_OPS = frozenset(
@@ -75,3 +78,81 @@ def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
                 if attr.name == "value":
                     tensors[node.output[0]] = attr.t
     return tensors
+
+
+def is_residual_add(node: onnx.NodeProto, constants: set[str]) -> bool:
+    """An Add of two activations (a skip connection), not an Add of a constant (a bias or input shift)."""
+    return node.op_type == "Add" and len(node.input) == 2 and not any(name in constants for name in node.input)
+
+
+def quantizable_layers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """What a precision plan assigns, in graph order: every Conv/Gemm/MatMul with a constant weight,
+    and every residual Add (TensorRT runs it in INT8, fused into the Conv before it)."""
+    constants = set(constant_tensors(model))
+    return [
+        node
+        for node in model.graph.node
+        if (node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constants)
+        or is_residual_add(node, constants)
+    ]
+
+
+def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _describe(node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type}({node.input[0]})"
+
+
+def dangling_qdq(model: onnx.ModelProto) -> list[str]:
+    """Q/DQ nodes that do not form a pair feeding a layer: a QuantizeLinear read by anything but
+    DequantizeLinear (or by nothing), a DequantizeLinear nobody reads, or one whose input is neither
+    a QuantizeLinear's output nor a constant (a quantized weight)."""
+    readers = _readers(model)
+    graph_outputs = {output.name for output in model.graph.output}
+    constants = set(constant_tensors(model))
+    quantized = {node.output[0] for node in model.graph.node if node.op_type == "QuantizeLinear"}
+    problems = []
+    for node in model.graph.node:
+        consumers = readers.get(node.output[0], []) if node.output else []
+        if node.op_type == "QuantizeLinear":
+            if not consumers or any(c.op_type != "DequantizeLinear" for c in consumers):
+                problems.append(f"{_describe(node)}: QuantizeLinear not read by DequantizeLinear only")
+        elif node.op_type == "DequantizeLinear":
+            if not consumers and node.output[0] not in graph_outputs:
+                problems.append(f"{_describe(node)}: DequantizeLinear read by nothing")
+            if node.input[0] not in quantized and node.input[0] not in constants:
+                problems.append(f"{_describe(node)}: DequantizeLinear of a tensor no QuantizeLinear produced")
+    return problems
+
+
+def tensorrt_placement_violations(model: onnx.ModelProto) -> list[str]:
+    """Where a Q/DQ graph departs from the placement TensorRT fuses: dequantized tensors may feed only
+    Conv/Gemm/MatMul (then both input and weight) and residual Adds (then both inputs)."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    constants = set(constant_tensors(model))
+
+    def dequantized(name: str) -> bool:
+        return name in producers and producers[name].op_type == "DequantizeLinear"
+
+    problems = []
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        flags = [dequantized(name) for name in node.input]
+        if not any(flags):
+            continue
+        if node.op_type in WEIGHTED_OPS:
+            if not all(flags[:2]):
+                problems.append(f"{_describe(node)}: {node.op_type} with only one of input and weight quantized")
+        elif node.op_type == "Add" and is_residual_add(node, constants):
+            if not all(flags):
+                problems.append(f"{_describe(node)}: residual Add with only one input quantized")
+        else:
+            problems.append(f"{_describe(node)}: {node.op_type} reads a dequantized tensor")
+    return problems

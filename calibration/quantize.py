@@ -7,9 +7,17 @@ not the int32 bias ORT would write; ORT's CPU kernels quantize a float bias them
 
 Activation ranges come from `calibration.ranges` (MinMax, Percentile, MSE or TensorRT's entropy)
 and reach quantize_static as its calibration cache, so ORT runs no calibration of its own and
-every activation scale it writes is amax / 127 of the chosen method. One ORT rule changes which
-range a tensor gets: the input of a Relu/Clip takes the Relu's output range, and the output of a
-value-preserving op (Flatten, Reshape, MaxPool, ...) takes its input's range.
+every activation scale it writes is amax / 127 of the chosen method.
+
+Where the Q/DQ pairs go depends on who runs the model (PLACEMENTS):
+- "tensorrt": the inputs and weights of Conv/Gemm/MatMul and both inputs of every residual Add
+  (an Add of two activations), nothing on any output. That is the pattern TensorRT fuses: it
+  carries a scale across Relu and pooling itself, and fuses a residual Add into the Conv before it
+  only with Q/DQ on both of the Add's inputs (REFERENCE.md section 4).
+- "onnxruntime": ORT's own placement, Q/DQ on the inputs and outputs of every op it knows, which
+  its CPU kernels need to fuse DQ -> op -> Q node units into QLinearConv and friends. Two ORT rules
+  change which range a tensor gets there: the input of a Relu/Clip takes the Relu's output range,
+  and the output of a value-preserving op (Flatten, Reshape, MaxPool, ...) takes its input's range.
 """
 
 from __future__ import annotations
@@ -30,7 +38,13 @@ from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
 from calibration.data import ProgressCallback
 from calibration.inputs import load_fp32_model
-from calibration.qdq import QDQ_OPS, qdq_zero_point_violations
+from calibration.qdq import (
+    QDQ_OPS,
+    dangling_qdq,
+    qdq_zero_point_violations,
+    quantizable_layers,
+    tensorrt_placement_violations,
+)
 from calibration.ranges import DEFAULT_PERCENTILE, ActivationRanges, calibrate_ranges, check_method
 from engines.artifacts import atomic_path
 from engines.errors import UserError
@@ -47,6 +61,9 @@ ORT_EXTRA_OPTIONS = {
 # there, symmetric int8 activations are converted to uint8 around every fused kernel, and measured
 # on ResNet-20 (AVX2, no VNNI) they made INT8 2x slower than FP32 while U8S8 ran 1.4x faster.
 ACTIVATION_ENCODINGS = ("int8-symmetric", "uint8")
+PLACEMENTS = ("tensorrt", "onnxruntime")  # see the module docstring
+# The tensorrt placement: quantize only these ops' inputs, never an output.
+TENSORRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
 
 
 @dataclass
@@ -57,6 +74,7 @@ class QuantizeConfig:
     batch_size: int = 32  # images per calibration batch; the ranges do not depend on it
     percentile: float = DEFAULT_PERCENTILE  # for method "percentile": the share of |x| kept inside the range
     activations: str = "int8-symmetric"  # or "uint8" (ONNX Runtime on x86): see ACTIVATION_ENCODINGS
+    placement: str = "tensorrt"  # or "onnxruntime": where the Q/DQ pairs go, see PLACEMENTS
 
 
 @dataclass
@@ -95,7 +113,7 @@ def quantize_int8(
     )
     return write_qdq_model(
         model_path, ranges, output_path, per_channel=config.per_channel, reduce_range=config.reduce_range,
-        activations=config.activations,
+        activations=config.activations, placement=config.placement,
     )
 
 
@@ -108,15 +126,19 @@ def write_qdq_model(
     reduce_range: bool = False,
     nodes_to_exclude: Sequence[str] = (),
     activations: str = "int8-symmetric",
+    placement: str = "tensorrt",
 ) -> QuantizeResult:
     """Write the INT8 Q/DQ twin of `model_path` with activation scales amax / 127 from `ranges`
-    (or, for uint8 activations, the scale and zero point of `ranges.asymmetric_range`).
+    (or, for uint8 activations, the scale and zero point of `ranges.asymmetric_range`), with its
+    Q/DQ pairs where `placement` puts them.
 
     Nodes named in `nodes_to_exclude` keep float inputs and outputs (a mixed-precision plan's
     high-precision layers). `ranges` must have been measured on this very model.
     """
     if activations not in ACTIVATION_ENCODINGS:
         raise UserError(f"activation encoding {activations!r} is not one of {', '.join(ACTIVATION_ENCODINGS)}")
+    if placement not in PLACEMENTS:
+        raise UserError(f"Q/DQ placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
     symmetric = activations == "int8-symmetric"
     path = Path(model_path)
     model = load_fp32_model(path)
@@ -134,7 +156,17 @@ def write_qdq_model(
         batch_size=ranges.batch_size,
         percentile=ranges.percentile if ranges.percentile is not None else DEFAULT_PERCENTILE,
         activations=activations,
+        placement=placement,
     )
+    extra_options = {**ORT_EXTRA_OPTIONS, "ActivationSymmetric": symmetric}
+    placement_options: dict = {}
+    if placement == "tensorrt":
+        excluded = set(nodes_to_exclude)
+        chosen = [node.name for node in quantizable_layers(model) if node.name not in excluded]
+        if not chosen:
+            raise UserError(f"{path}: every quantizable layer is excluded; leave at least one in INT8")
+        placement_options = {"op_types_to_quantize": TENSORRT_QUANTIZED_OPS, "nodes_to_quantize": chosen}
+        extra_options["OpTypesToExcludeOutputQuantization"] = TENSORRT_QUANTIZED_OPS
 
     with (
         tempfile.TemporaryDirectory(prefix="mimicnorm-qdq.") as tmp_dir,
@@ -162,8 +194,9 @@ def write_qdq_model(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(nodes_to_exclude),
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={**ORT_EXTRA_OPTIONS, "ActivationSymmetric": symmetric},
+            extra_options=extra_options,
             calibration_cache_path=cache,
+            **placement_options,
         )
         quantized = onnx.load(str(tmp))
         if nodes_to_exclude:
@@ -176,6 +209,11 @@ def write_qdq_model(
                 f"internal error: ONNX Runtime wrote Q/DQ nodes with a nonzero or non-int8 zero point "
                 f"({', '.join(violations[:5])}); TensorRT would reject the model"
             )
+        violations = dangling_qdq(quantized)
+        if placement == "tensorrt":
+            violations += tensorrt_placement_violations(quantized)
+        if violations:
+            raise RuntimeError(f"internal error: misplaced Q/DQ nodes: {'; '.join(violations[:5])}")
 
     return QuantizeResult(
         output_path=str(output_path),
@@ -185,7 +223,7 @@ def write_qdq_model(
             "activations": activations,
             "activation_type": "QInt8" if symmetric else "QUInt8",
             "weight_type": "QInt8",
-            "extra_options": {**ORT_EXTRA_OPTIONS, "ActivationSymmetric": symmetric},
+            "extra_options": extra_options,
         },
         num_calibration_images=ranges.num_images,
         quantized_nodes=_quantized_node_names(quantized),

@@ -9,7 +9,7 @@ from tiny_onnx import make_tiny_resnet, random_images
 
 import calibration.quantize
 from calibration.metrics import sqnr_db, top1_agreement
-from calibration.qdq import count_qdq, qdq_zero_point_violations
+from calibration.qdq import count_qdq, dangling_qdq, qdq_zero_point_violations, tensorrt_placement_violations
 from calibration.quantize import QuantizeConfig, quantize_int8, write_qdq_model
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
@@ -56,7 +56,7 @@ def test_quantized_model_is_valid_and_close_to_fp32(fp32_model, images, tmp_path
     model = onnx.load(result.output_path)
     onnx.checker.check_model(model, full_check=True)
     counts = count_qdq(model)
-    assert counts["QuantizeLinear"] >= 5 and counts["DequantizeLinear"] > counts["QuantizeLinear"]
+    assert counts["QuantizeLinear"] >= 4 and counts["DequantizeLinear"] > counts["QuantizeLinear"]
     assert result.num_calibration_images == 64
     assert {"conv1", "conv2", "fc", "residual_add"} <= set(result.quantized_nodes)
     assert result.config["per_channel"] is False and result.config["extra_options"]["ActivationSymmetric"] is True
@@ -139,7 +139,8 @@ def test_minmax_scales_do_not_depend_on_batch_size(fp32_model, images, tmp_path)
 
 
 def test_activation_scales_are_amax_over_127_under_fp32_names(fp32_model, images, tmp_path):
-    scales = quantize_int8(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig()).activation_scales
+    config = QuantizeConfig(placement="onnxruntime")  # quantizes outputs too, the graph output among them
+    scales = quantize_int8(fp32_model, images, tmp_path / "q.onnx", config).activation_scales
     # ORT renames the quantized graph output; the result maps it back to the FP32 name.
     assert {"images", "x_norm", "c1", "r1", "c2", "res", "logits"} <= set(scales)
 
@@ -159,7 +160,7 @@ ORT_SHARED_RANGES = {"c1": "r1", "res": "r2", "flat": "pooled"}
 @pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
 def test_written_scales_are_the_chosen_methods_amax_over_127(fp32_model, images, tmp_path, method):
     ranges = calibrate_ranges(fp32_model, images, method, batch_size=16)
-    result = write_qdq_model(fp32_model, ranges, tmp_path / "q.onnx")
+    result = write_qdq_model(fp32_model, ranges, tmp_path / "q.onnx", placement="onnxruntime")
     assert set(result.activation_scales) == set(ranges.amax)  # every tensor of the graph
     for name, scale in result.activation_scales.items():
         amax = ranges.amax[ORT_SHARED_RANGES.get(name, name)]
@@ -175,7 +176,7 @@ def test_quantize_int8_uses_the_configured_method(fp32_model, images, tmp_path):
     assert result.amax == ranges.amax
     assert result.config["method"] == "percentile" and result.config["percentile"] == 99.0
     minmax = calibrate_ranges(fp32_model, images, "minmax").amax
-    assert result.activation_scales["r2"] < minmax["r2"] / 127  # really clipped, not MinMax under another name
+    assert result.activation_scales["r1"] < minmax["r1"] / 127  # really clipped, not MinMax under another name
 
 
 def test_excluded_nodes_stay_float(fp32_model, images, tmp_path):
@@ -379,9 +380,9 @@ def test_uint8_activations_for_onnx_runtime_on_x86(tmp_path):
     images = random_images(64)
     # reduce_range: 7-bit weights, as the ort-cpu target uses on x86 without VNNI (where this test
     # may run); with full 8-bit weights ORT's fused kernels saturate there.
-    uint8_config = QuantizeConfig(per_channel=True, reduce_range=True, activations="uint8")
-    uint8 = quantize_int8(model, images, tmp_path / "u8.onnx", uint8_config)
-    symmetric = quantize_int8(model, images, tmp_path / "s8.onnx", QuantizeConfig(per_channel=True, reduce_range=True))
+    ort_cpu = {"per_channel": True, "reduce_range": True, "placement": "onnxruntime"}
+    uint8 = quantize_int8(model, images, tmp_path / "u8.onnx", QuantizeConfig(**ort_cpu, activations="uint8"))
+    symmetric = quantize_int8(model, images, tmp_path / "s8.onnx", QuantizeConfig(**ort_cpu))
     assert uint8.config["activation_type"] == "QUInt8" and symmetric.config["activation_type"] == "QInt8"
 
     graph = onnx.load(str(tmp_path / "u8.onnx"))
@@ -411,3 +412,55 @@ def test_uint8_activations_for_onnx_runtime_on_x86(tmp_path):
     reference = logits(model)
     assert sqnr_db(reference, logits(tmp_path / "u8.onnx")) > 25
     assert sqnr_db(reference, logits(tmp_path / "u8.onnx")) > sqnr_db(reference, logits(tmp_path / "s8.onnx")) - 3
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_tensorrt_placement_quantizes_layer_inputs_and_both_residual_inputs_only(fp32_model, images, tmp_path,
+                                                                                 per_channel):  # fmt: skip
+    result = write_qdq_model(fp32_model, calibrate_ranges(fp32_model, images), tmp_path / "q.onnx",
+                             per_channel=per_channel)  # fmt: skip
+    model = onnx.load(result.output_path)
+    onnx.checker.check_model(model, full_check=True)
+    # conv1 reads x_norm, conv2 and the residual Add read r1, the Add also c2, fc reads flat: nothing else,
+    # no output of any layer (c1, res, logits), not the input scale-shift (images, x_scaled)
+    assert set(result.activation_scales) == {"x_norm", "r1", "c2", "flat"}
+    assert tensorrt_placement_violations(model) == [] and dangling_qdq(model) == []
+    assert qdq_zero_point_violations(model) == []
+    producers = {output: node for node in model.graph.node for output in node.output}
+    nodes = {node.name: node for node in model.graph.node}
+    for name in ("conv1", "conv2", "fc"):
+        assert [producers[t].op_type for t in nodes[name].input[:2]] == ["DequantizeLinear"] * 2, name
+    assert [producers[t].op_type for t in nodes["residual_add"].input] == ["DequantizeLinear"] * 2
+    assert nodes["input_shift"].input[0] == "x_scaled" and nodes["relu1"].input[0] == "c1"
+    assert set(result.quantized_nodes) == {"conv1", "conv2", "residual_add", "fc"}
+    assert sqnr_db(run(fp32_model, images), run(result.output_path, images, int8_kernels=False)) > 25
+
+
+def test_placement_checks_catch_what_tensorrt_would_not_fuse(fp32_model, images, tmp_path):
+    ranges = calibrate_ranges(fp32_model, images)
+    # ONNX Runtime's own placement quantizes Relu, pooling and the input shift: not TensorRT's pattern
+    ort_model = onnx.load(write_qdq_model(fp32_model, ranges, tmp_path / "ort.onnx", placement="onnxruntime")
+                          .output_path)  # fmt: skip
+    assert any("reads a dequantized tensor" in v for v in tensorrt_placement_violations(ort_model))
+    assert dangling_qdq(ort_model) == []
+
+    model = onnx.load(write_qdq_model(fp32_model, ranges, tmp_path / "trt.onnx").output_path)
+    nodes = {node.name: node for node in model.graph.node}
+    one_sided = onnx.ModelProto.FromString(model.SerializeToString())
+    add = next(node for node in one_sided.graph.node if node.name == "residual_add")
+    add.input[0] = "c2"  # the Conv's float output: only the skip input stays quantized
+    assert tensorrt_placement_violations(one_sided) == ["residual_add: residual Add with only one input quantized"]
+    assert any("read by nothing" in v for v in dangling_qdq(one_sided))  # c2's pair now feeds nothing
+
+    float_weight = onnx.ModelProto.FromString(model.SerializeToString())
+    conv = next(node for node in float_weight.graph.node if node.name == "conv1")
+    conv.input[1] = nodes["conv1"].input[1].removesuffix("_DequantizeLinear_Output")
+    float_weight.graph.initializer.append(numpy_helper.from_array(np.zeros((4, 1, 3, 3), np.float32), conv.input[1]))
+    assert "conv1: Conv with only one of input and weight quantized" in tensorrt_placement_violations(float_weight)
+
+
+def test_tensorrt_placement_with_every_layer_excluded_is_refused(fp32_model, images, tmp_path):
+    with pytest.raises(UserError, match="every quantizable layer is excluded"):
+        write_qdq_model(fp32_model, calibrate_ranges(fp32_model, images), tmp_path / "q.onnx",
+                        nodes_to_exclude=["conv1", "conv2", "residual_add", "fc"])  # fmt: skip
+    assert not (tmp_path / "q.onnx").exists()
