@@ -18,11 +18,12 @@ from onnx import TensorProto, numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 from calibration.inputs import load_onnx
-from calibration.qdq import QDQ_OPS, constant_tensors, is_quantized
+from calibration.qdq import constant_tensors, is_quantized
 from engines.artifacts import atomic_path
 from engines.errors import UserError
 
 FP16_MAX = 65504.0  # largest finite float16
+FP16_QDQ_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take FP16 scales
 
 
 def fp16_overflows(model: onnx.ModelProto, activation_max_abs: dict[str, float] | None = None) -> dict[str, float]:
@@ -62,18 +63,26 @@ def convert_fp16(
     model = load_onnx(path)
     if is_quantized(model):
         raise UserError(f"{path}: already quantized (has Q/DQ or quantized ops); pass the FP32 model")
-    return _write_fp16(model, path, out_path, keep_io_fp32, activation_max_abs, blocked_ops=())
+    return _write_fp16(model, path, out_path, keep_io_fp32, activation_max_abs)
 
 
 def convert_qdq_fp16(
     qdq_model_path: str | os.PathLike, out_path: str | os.PathLike, activation_max_abs: dict[str, float] | None = None
 ) -> Path:
-    """FP16 for everything of a Q/DQ model but its Q/DQ nodes, which stay FP32 behind Casts.
+    """FP16 for everything of a Q/DQ model, its Q/DQ nodes included: a mixed plan's high-precision
+    layers in FP16, its INT8 layers reading DequantizeLinear outputs that are FP16 already.
 
-    That is a mixed plan's high-precision layers in FP16; model inputs and outputs stay FP32.
+    FP16 scales make the Q/DQ nodes themselves FP16 (opset 19 allows it; the model's opset is
+    raised to 19 where lower), so no Cast sits between a DequantizeLinear and its Conv: in a strongly
+    typed TensorRT network the Q/DQ types are the layer types, and a Cast there would stop the
+    fusion. Model inputs and outputs stay FP32.
     """
     path = Path(qdq_model_path)
-    return _write_fp16(load_onnx(path), path, out_path, True, activation_max_abs, blocked_ops=QDQ_OPS)
+    model = load_onnx(path)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < FP16_QDQ_OPSET:
+            opset.version = FP16_QDQ_OPSET
+    return _write_fp16(model, path, out_path, True, activation_max_abs)
 
 
 def _write_fp16(
@@ -82,7 +91,6 @@ def _write_fp16(
     out_path: str | os.PathLike,
     keep_io_fp32: bool,
     activation_max_abs: dict[str, float] | None,
-    blocked_ops: tuple[str, ...],
 ) -> Path:
     overflows = fp16_overflows(model, activation_max_abs)
     if overflows:
@@ -92,7 +100,7 @@ def _write_fp16(
             "or rescale the layers that produce these tensors"
         )
     converted = convert_float_to_float16(
-        model, keep_io_types=keep_io_fp32, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *blocked_ops]
+        model, keep_io_types=keep_io_fp32, op_block_list=list(DEFAULT_OP_BLOCK_LIST)
     )
     _sort_topologically(converted.graph)
     onnx.checker.check_model(converted)

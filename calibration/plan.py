@@ -1,7 +1,8 @@
-"""Mixed-precision plans: which Conv/Gemm/MatMul runs in INT8 and which in high precision, chosen by an accuracy gate.
+"""Mixed-precision plans: which layers run in INT8 and which in high precision, chosen by an accuracy gate.
 
-1. Sensitivity: for every quantizable layer, the logits SQNR of the model with only that layer in
-   INT8 (its input activation and weights through Q/DQ), run by ONNX Runtime with graph
+The layers are `qdq.quantizable_layers`: every Conv/Gemm/MatMul with a weight, and every residual Add.
+1. Sensitivity: for every such layer, the logits SQNR of the model with only that layer in INT8
+   (its input activations, and weights, through Q/DQ), run by ONNX Runtime with graph
    optimizations off, i.e. Q/DQ simulated in float, the same numbers on every CPU.
 2. The planner starts from all layers in INT8 and moves the most sensitive layer to the high
    precision type, one at a time, until the held-out images pass the gate (top-1 drop and/or
@@ -25,14 +26,15 @@ import onnx
 import onnxruntime as ort
 
 from calibration.fp16 import convert_fp16, convert_qdq_fp16
-from calibration.inputs import WEIGHTED_OPS, calibration_batch_images, image_input, load_fp32_model
+from calibration.inputs import calibration_batch_images, image_input, load_fp32_model
 from calibration.metrics import accuracy, sqnr_db, top1_agreement
+from calibration.qdq import quantizable_layers
 from calibration.quantize import QuantizeResult, write_qdq_model
 from calibration.ranges import ActivationRanges, images_sha256
 from engines.artifacts import atomic_path, read_json, sha256_file, write_json
 from engines.errors import UserError
 
-PLAN_SCHEMA = ("mimicnorm-deploy/precision-plan", 1)
+PLAN_SCHEMA = ("mimicnorm-deploy/precision-plan", 2)  # 2: residual Adds are layers; activations, placement
 HIGH_PRECISIONS = ("fp16", "fp32")
 EVAL_BATCH = 256  # images per ONNX Runtime run when scoring a candidate model
 
@@ -83,9 +85,11 @@ class PrecisionPlan:
     method: str  # activation range calibration (calibration.ranges)
     per_channel: bool
     reduce_range: bool
+    activations: str  # INT8 activation encoding (quantize.ACTIVATION_ENCODINGS)
+    placement: str  # where the Q/DQ pairs go (quantize.PLACEMENTS)
     high_precision: str  # "fp32" (CPU targets) or "fp16" (GPU targets)
     gate: Gate
-    layers: dict[str, str]  # every Conv/Gemm/MatMul node name -> "int8" or the high precision type
+    layers: dict[str, str]  # every quantizable layer's node name -> "int8" or the high precision type
     sensitivity: list[LayerSensitivity]  # graph order
     moved: list[Move] = field(default_factory=list)  # in the order the planner moved them
     result: GateResult | None = None  # the gate measured on the final plan
@@ -93,6 +97,10 @@ class PrecisionPlan:
     @property
     def high_precision_nodes(self) -> list[str]:
         return [node for node, precision in self.layers.items() if precision != "int8"]
+
+    @property
+    def qdq_options(self) -> dict:
+        return _qdq_options(self.per_channel, self.reduce_range, self.activations, self.placement)
 
     def save(self, path: str | os.PathLike) -> Path:
         return write_json(path, *PLAN_SCHEMA, asdict(self))
@@ -112,14 +120,10 @@ class PrecisionPlan:
         return cls(**fields)
 
 
-def quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Conv/Gemm/MatMul nodes with a weight initializer: the layers a plan assigns, in graph order."""
-    initializers = {init.name for init in model.graph.initializer}
-    return [
-        node
-        for node in model.graph.node
-        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in initializers
-    ]
+def _qdq_options(per_channel: bool, reduce_range: bool, activations: str, placement: str) -> dict:
+    """How write_qdq_model encodes the INT8 layers, as its keyword arguments."""
+    return {"per_channel": per_channel, "reduce_range": reduce_range, "activations": activations,
+            "placement": placement}  # fmt: skip
 
 
 def layer_sensitivity(
@@ -129,23 +133,21 @@ def layer_sensitivity(
     *,
     per_channel: bool = False,
     reduce_range: bool = False,
+    activations: str = "int8-symmetric",
+    placement: str = "tensorrt",
     progress: PlanProgress | None = None,
 ) -> list[LayerSensitivity]:
     """Logits SQNR with one layer at a time in INT8 (all else FP32), on `images`, in graph order."""
     model = _planned_model(model_path, ranges)
     reference = _logits(model_path, images)
     all_nodes = [node.name for node in model.graph.node]
+    options = _qdq_options(per_channel, reduce_range, activations, placement)
     sensitivity = []
     with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
-        for node in quantizable_nodes(model):
+        for node in quantizable_layers(model):
             others = [name for name in all_nodes if name != node.name]
             result = write_qdq_model(
-                model_path,
-                ranges,
-                Path(tmp) / "one_layer.onnx",
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                nodes_to_exclude=others,
+                model_path, ranges, Path(tmp) / "one_layer.onnx", nodes_to_exclude=others, **options
             )
             sqnr = sqnr_db(reference, _logits(result.output_path, images))
             sensitivity.append(LayerSensitivity(node.name, node.op_type, sqnr))
@@ -163,6 +165,8 @@ def plan_precision(
     holdout_labels: np.ndarray | None = None,
     per_channel: bool = False,
     reduce_range: bool = False,
+    activations: str = "int8-symmetric",
+    placement: str = "tensorrt",
     high_precision: str = "fp32",
     progress: PlanProgress | None = None,
 ) -> PrecisionPlan:
@@ -182,23 +186,22 @@ def plan_precision(
     if holdout_labels is not None and np.shape(holdout_labels) != (len(holdout_images),):
         raise UserError(f"{np.shape(holdout_labels)} held-out labels for {len(holdout_images)} images; pass one each")
     reference = _logits(model_path, holdout_images)
+    options = _qdq_options(per_channel, reduce_range, activations, placement)
 
     def measure(layers: dict[str, str]) -> GateResult:
         with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
             path = Path(tmp) / "plan.onnx"
-            _write(model_path, ranges, layers, path, per_channel, reduce_range, high_precision)
+            _write(model_path, ranges, layers, path, options, high_precision)
             return _gate_result(reference, _logits(path, holdout_images), holdout_labels, gate)
 
     # Fail fast when no plan can pass: every layer in high precision is the best there is.
-    best = measure({node.name: high_precision for node in quantizable_nodes(model)})
+    best = measure({node.name: high_precision for node in quantizable_layers(model)})
     if not best.passed:
         raise UserError(
             f"no precision plan passes the gate: even the all-{high_precision} model gives {_describe(best)}; "
             "relax the gate"
         )
-    sensitivity = layer_sensitivity(
-        model_path, ranges, holdout_images, per_channel=per_channel, reduce_range=reduce_range, progress=progress
-    )
+    sensitivity = layer_sensitivity(model_path, ranges, holdout_images, **options, progress=progress)
     layers = {s.node: "int8" for s in sensitivity}
     moved: list[Move] = []
 
@@ -226,6 +229,8 @@ def plan_precision(
         method=ranges.method,
         per_channel=per_channel,
         reduce_range=reduce_range,
+        activations=activations,
+        placement=placement,
         high_precision=high_precision,
         gate=gate,
         layers=layers,
@@ -248,9 +253,7 @@ def write_mixed_model(
     if ranges.calibration_sha256 != plan.calibration_sha256 or ranges.method != plan.method:
         raise UserError("activation ranges differ from those the precision plan was made with; pass the plan's ranges")
     _planned_model(model_path, ranges)
-    return _write(
-        model_path, ranges, plan.layers, Path(output_path), plan.per_channel, plan.reduce_range, plan.high_precision
-    )
+    return _write(model_path, ranges, plan.layers, Path(output_path), plan.qdq_options, plan.high_precision)
 
 
 def _write(
@@ -258,20 +261,19 @@ def _write(
     ranges: ActivationRanges,
     layers: dict[str, str],
     output_path: Path,
-    per_channel: bool,
-    reduce_range: bool,
+    qdq_options: dict,
     high_precision: str,
 ) -> QuantizeResult | None:
     excluded = [node for node, precision in layers.items() if precision != "int8"]
     if len(excluded) == len(layers):
-        # Nothing in INT8: no Q/DQ at all (ORT would still quantize the Adds and pooling).
+        # Nothing in INT8: no Q/DQ at all (ORT's placement would still quantize the pooling).
         if high_precision == "fp16":
             convert_fp16(model_path, output_path, activation_max_abs=ranges.max_abs)
         else:
             with atomic_path(output_path) as tmp:
                 shutil.copyfile(model_path, tmp)
         return None
-    options = {"per_channel": per_channel, "reduce_range": reduce_range, "nodes_to_exclude": excluded}
+    options = {**qdq_options, "nodes_to_exclude": excluded}
     if high_precision == "fp32":
         return write_qdq_model(model_path, ranges, output_path, **options)
     with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:

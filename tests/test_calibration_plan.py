@@ -13,10 +13,9 @@ from calibration.plan import (
     PrecisionPlan,
     layer_sensitivity,
     plan_precision,
-    quantizable_nodes,
     write_mixed_model,
 )
-from calibration.qdq import count_qdq, qdq_zero_point_violations
+from calibration.qdq import count_qdq, qdq_zero_point_violations, quantizable_layers, tensorrt_placement_violations
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
 
@@ -120,6 +119,12 @@ def test_planner_moves_only_the_planted_layer(planted, tmp_path, high_precision)
         conv1 = next(node for node in model.graph.node if node.name == "conv1")
         weight = next(init for init in model.graph.initializer if init.name == conv1.input[1])
         assert weight.data_type == TensorProto.FLOAT16
+        # FP16 Q/DQ (opset 19 scales), so no Cast stands between a DequantizeLinear and its layer
+        initializers = {init.name: init for init in model.graph.initializer}
+        qdq = [node for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert {initializers[node.input[1]].data_type for node in qdq} == {TensorProto.FLOAT16}
+        assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 19
+        assert tensorrt_placement_violations(model) == []
 
 
 def test_plan_json_round_trip(planted, tmp_path):
@@ -144,7 +149,8 @@ def test_gate_that_all_int8_passes_moves_nothing(tmp_path):
     ranges = calibrate_ranges(path, random_images(64))
     plan = plan_precision(path, ranges, random_images(32, seed=5), Gate(max_top1_drop=0.2))
     assert plan.moved == [] and set(plan.layers.values()) == {"int8"}
-    assert list(plan.layers) == [node.name for node in quantizable_nodes(onnx.load(path))]
+    assert list(plan.layers) == [node.name for node in quantizable_layers(onnx.load(path))]
+    assert list(plan.layers) == ["conv1", "conv2", "residual_add", "fc"]  # the residual Add is a layer too
 
 
 def test_unreachable_gate_raises_user_error(planted, tmp_path):
