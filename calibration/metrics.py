@@ -50,6 +50,7 @@ class LayerWeightSpread:
     """
 
     name: str  # the weight initializer's name
+    node: str  # the layer that reads it
     op_type: str
     out_channels: int
     max_channel_range: float  # largest max |w| over one output channel
@@ -84,6 +85,7 @@ def weight_range_spread(model: onnx.ModelProto | str | Path) -> list[LayerWeight
         spreads.append(
             LayerWeightSpread(
                 name=weight.name,
+                node=node.name,
                 op_type=node.op_type,
                 out_channels=int(array.shape[out_axis]),
                 max_channel_range=largest,

@@ -50,6 +50,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def staged_files(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a private staging directory inside `directory`; if the block succeeds, move every file
+    written there into `directory` under the same name, else delete them all.
+
+    For a stage that writes several files that only make sense together: a failure in the middle
+    (an FP16 overflow found after the INT8 model was written) leaves none of them behind.
+    """
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staged.", dir=target) as staging:
+        yield Path(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        for staged in sorted(Path(staging).iterdir()):
+            os.chmod(staged, 0o666 & ~umask)
+            os.replace(staged, target / staged.name)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -115,18 +115,38 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
-    from mimicnorm_deploy.stages import calibrate_stage
+    from mimicnorm_deploy.stages import CalibrateOptions, calibrate_stage
 
-    record = calibrate_stage(args.model, args.calib, args.out, per_channel=args.per_channel, target=args.target,
-                             method=args.method, percentile=args.percentile, batch_size=args.batch_size,
-                             trt_cache=args.trt_cache, progress=_progress)  # fmt: skip
-    config = record["quantize"]["config"]
+    options = CalibrateOptions(
+        per_channel=args.per_channel, target=args.target, method=args.method, percentile=args.percentile,
+        batch_size=args.batch_size, holdout=args.holdout, high_precision=args.high_precision,
+        max_top1_drop=None if args.max_top1_drop is None else args.max_top1_drop / 100,
+        min_logits_sqnr_db=args.min_logits_sqnr, trt_cache=args.trt_cache, fp16=args.fp16, fp16_io=args.fp16_io,
+        eval_set=args.eval,
+    )  # fmt: skip
+    record = calibrate_stage(args.model, args.calib, args.out, options, progress=_progress)
+    encoding, quality, plan = record["encoding"], record["quality"], record["plan"]
     worst = record["worst_weight_spread"]
-    print(f"{args.out}: INT8 Q/DQ, {record['method']} ranges, per_channel={config['per_channel']}, "
-          f"reduce_range={config['reduce_range']}, {record['quantize']['num_calibration_images']} calibration images; "
-          f"worst weight-range spread {worst['spread']:.1f}x ({worst['name']})")  # fmt: skip
-    if "trt_cache" in record:
-        print(f"{record['trt_cache']}: TensorRT 10 calibration cache (+ .json sidecar keyed to the model)")
+    print(f"{args.out}: {record['method']} ranges on {record['calibration_images']} images, "
+          f"{'per-channel' if args.per_channel else 'per-tensor'}, for {args.target} ({encoding['activations']} "
+          f"activations, reduce_range={encoding['reduce_range']}, {encoding['placement']} Q/DQ placement); "
+          f"worst weight-range spread {worst['spread']:.1f}x ({worst['node']})")  # fmt: skip
+    if plan is not None:
+        moved = ", ".join(m["node"] for m in plan["moved"]) or "none"
+        print(f"plan: {len(plan['layers']) - len(plan['moved'])}/{len(plan['layers'])} layers in INT8, moved to "
+              f"{plan['high_precision']}: {moved}; gate on {record['holdout_images']} held-out images: top-1 drop "
+              f"{100 * plan['result']['top1_drop']:.2f} points, logits SQNR {plan['result']['logits_sqnr_db']:.1f} dB")
+    accuracy = "" if quality["accuracy"] is None else (
+        f", accuracy {100 * quality['accuracy']:.2f}% (FP32 {100 * quality['accuracy_fp32']:.2f}%)")  # fmt: skip
+    print(f"quality on {quality['images']} images ({quality['image_set']}), simulated: logits SQNR "
+          f"{quality['logits_sqnr_db']:.1f} dB, top-1 agreement {100 * quality['top1_agreement']:.2f}%{accuracy}")
+    if quality["kernel_accuracy"] is not None:
+        print(f"  with {quality['kernels']} kernels: accuracy {100 * quality['kernel_accuracy']:.2f}%")
+    print(f"report: {Path(args.out).with_suffix('.quality.md')} (+ .png); record {Path(args.out).with_suffix('.json')}")
+    for key, what in (("trt_cache", "TensorRT 10 calibration cache (+ .json sidecar keyed to the model)"),
+                      ("fp16", "pure FP16 model")):  # fmt: skip
+        if key in record:
+            print(f"{record[key]}: {what}")
 
 
 def _cmd_build(args: argparse.Namespace) -> None:
@@ -271,17 +291,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .onnx")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("calibrate", help="INT8 Q/DQ ONNX (symmetric, zero point 0) for a target")
+    p = sub.add_parser("calibrate", help="INT8 (or gated INT8/FP16/FP32) Q/DQ ONNX for a target, with a "
+                       "quality report")  # fmt: skip
     p.add_argument("model", help="FP32 .onnx from export")
     p.add_argument("--calib", required=True, help="calibration image set (.npz from prepare-data)")
-    p.add_argument("--out", required=True, help="output .onnx (a .json record is written beside it)")
+    p.add_argument("--out", required=True, help="output .onnx (beside it: .json record, .quality.md/.png, "
+                   ".ranges.json, and .plan.json when gated)")  # fmt: skip
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
-    p.add_argument("--target", default="ort-cpu", help="ort-cpu (this machine's CPU) or tensorrt (full 8-bit)")
+    p.add_argument("--target", default="ort-cpu", help="ort-cpu (this machine's CPU: ONNX Runtime's encoding) or "
+                   "tensorrt (symmetric int8, full 8-bit weights, TensorRT's Q/DQ placement)")  # fmt: skip
     p.add_argument("--method", default="minmax", help="activation ranges: minmax, percentile, mse or entropy "
                    "(TensorRT's EntropyCalibration2 algorithm)")  # fmt: skip
     p.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
-    p.add_argument("--trt-cache", help="also write a TensorRT 10 calibration cache from the same ranges")
     p.add_argument("--batch-size", type=int, default=32)
+    gate = p.add_argument_group("mixed precision: the gate a plan must pass on held-out calibration images")
+    gate.add_argument("--max-top1-drop", type=float, metavar="POINTS",
+                      help="largest top-1 accuracy drop in percentage points (agreement with FP32 without labels)")
+    gate.add_argument("--min-logits-sqnr", type=float, metavar="DB", help="smallest logits SQNR against FP32")
+    gate.add_argument("--holdout", type=int, metavar="N", help="the last N calibration images measure the gate and "
+                      "are not used for ranges (default: a quarter of the set when gated)")  # fmt: skip
+    gate.add_argument("--high-precision", choices=["fp16", "fp32"],
+                      help="type of the layers moved out of INT8 (default: fp16 for tensorrt, fp32 for ort-cpu)")
+    extra = p.add_argument_group("more artifacts from the same ranges")
+    extra.add_argument("--trt-cache", help="TensorRT 10 calibration cache (same directory as --out)")
+    extra.add_argument("--fp16", help="pure FP16 ONNX model, refused if a constant or activation overflows FP16 "
+                       "(same directory as --out)")  # fmt: skip
+    extra.add_argument("--fp16-io", default="fp32", choices=["fp32", "fp16"],
+                       help="input and output type of the --fp16 model (default fp32, behind Casts)")
+    p.add_argument("--eval", help="labelled image set (.npz) for the quality report's accuracy")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("build", help="build an ONNX Runtime CPU engine directory")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, TENSORRT_VARIANT, VARIANTS, RunLayout
 from mimicnorm_deploy.stages import (
+    CalibrateOptions,
     Progress,
     bench_stage,
     build_stage,
@@ -65,14 +66,16 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
         export_stage(layout.frozen(norm), layout.onnx(norm))
         progress(f"[{norm}] exported {layout.onnx(norm)}")
         for variant in VARIANTS[1:]:
-            record = calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, variant),
-                                     per_channel=variant.endswith("per-channel"), progress=None)  # fmt: skip
-            encoding = record["quantize"]["config"]
+            options = CalibrateOptions(per_channel=variant.endswith("per-channel"))
+            record = calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, variant), options)
+            encoding = record["encoding"]
             progress(f"[{norm}] calibrated {variant} for this CPU ({encoding['activations']} activations, "
                      f"reduce_range={encoding['reduce_range']})")  # fmt: skip
-        calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, TENSORRT_VARIANT),
-                        per_channel=True, target="tensorrt", trt_cache=layout.tensorrt_cache(norm))  # fmt: skip
-        progress(f"[{norm}] TensorRT artifacts: {layout.onnx(norm, TENSORRT_VARIANT)}, {layout.tensorrt_cache(norm)}")
+        tensorrt = CalibrateOptions(per_channel=True, target="tensorrt", trt_cache=str(layout.tensorrt_cache(norm)),
+                                    fp16=str(layout.onnx(norm, "fp16")))  # fmt: skip
+        calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, TENSORRT_VARIANT), tensorrt)
+        progress(f"[{norm}] TensorRT artifacts: {layout.onnx(norm, TENSORRT_VARIANT)} (TensorRT 11 Q/DQ), "
+                 f"{layout.tensorrt_cache(norm)} (TensorRT 10 cache), {layout.onnx(norm, 'fp16')} (FP16)")
 
         reference_logits = None
         for variant in VARIANTS:

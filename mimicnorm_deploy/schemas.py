@@ -2,7 +2,7 @@
 `report` can read them anywhere). Bump a version whenever a field changes meaning or goes away."""
 
 TRAIN_REPORT = ("mimicnorm-deploy/train-report", 1)
-CALIBRATION = ("mimicnorm-deploy/calibration", 1)
+CALIBRATION = ("mimicnorm-deploy/calibration", 2)  # 2: encoding, plan, quality, hold-out
 BENCH = ("mimicnorm-deploy/bench", 1)
 REPORT = ("mimicnorm-deploy/report", 1)
 MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)

@@ -16,14 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from engines.artifacts import load_image_set, record_artifact, save_image_set, verify_artifact, write_json
+from engines.artifacts import (
+    load_image_set,
+    record_artifact,
+    save_image_set,
+    staged_files,
+    verify_artifact,
+    write_json,
+)
 from engines.errors import UserError
 from mimicnorm_deploy.schemas import BENCH, CALIBRATION
 
 Progress = Callable[[str], None]
-
-# Targets a Q/DQ model is written for: their INT8 arithmetic decides the weight range.
-TARGETS = ("ort-cpu", "tensorrt")
 
 
 def _record(path: str | os.PathLike, stage: str, inputs: list[str | os.PathLike], params: dict[str, Any]) -> None:
@@ -103,69 +107,151 @@ def export_stage(frozen: str | os.PathLike, out_path: str | os.PathLike):
 # --- calibrate / build / bench (no torch) -------------------------------------------------------
 
 
-def encoding_for(target: str) -> tuple[str, bool]:
-    """(activation encoding, reduce_range) for the target's INT8 arithmetic.
+@dataclass
+class CalibrateOptions:
+    """What `calibrate` makes of an FP32 model; see calibrate_stage."""
 
-    TensorRT: symmetric int8 everywhere (its requirement), full 8-bit weights. ONNX Runtime on this
-    CPU: on x86 uint8 activations (its native U8S8 kernels; symmetric int8 made INT8 2x slower than
-    FP32 here), and 7-bit weights where its kernels would saturate with 8 (no VNNI, REFERENCE.md 3).
-    """
-    from engines.cpu import cpu_features, needs_reduce_range
+    per_channel: bool = False
+    target: str = "ort-cpu"  # calibration.targets.TARGETS
+    method: str = "minmax"  # calibration.ranges.METHODS
+    percentile: float | None = None  # for method "percentile" (default 99.99)
+    batch_size: int = 32
+    # Mixed precision: with a gate, the planner moves the most sensitive layers out of INT8 until
+    # the last `holdout` calibration images (never used for the ranges) pass it.
+    max_top1_drop: float | None = None  # fraction (0.005 = half a point)
+    min_logits_sqnr_db: float | None = None
+    holdout: int | None = None  # default: a quarter of the calibration set when gated, else none
+    high_precision: str | None = None  # default: the target's (fp16 for TensorRT, fp32 for CPUs)
+    trt_cache: str | None = None  # also write a TensorRT 10 calibration cache here
+    fp16: str | None = None  # also write the pure FP16 model here
+    fp16_io: str = "fp32"  # the pure FP16 model's input and output type: fp32 (behind Casts) or fp16
+    eval_set: str | None = None  # labelled images for the quality report (default: hold-out or calibration)
 
-    if target not in TARGETS:
-        raise UserError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-    if target == "tensorrt":
-        return "int8-symmetric", False
-    features = cpu_features()
-    return ("uint8" if features.is_x86 else "int8-symmetric"), needs_reduce_range(features)
+    @property
+    def gated(self) -> bool:
+        return self.max_top1_drop is not None or self.min_logits_sqnr_db is not None
 
 
 def calibrate_stage(
     model: str | os.PathLike,
     calibration_set: str | os.PathLike,
     out_path: str | os.PathLike,
-    *,
-    per_channel: bool,
-    target: str = "ort-cpu",
-    method: str = "minmax",
-    percentile: float | None = None,
-    batch_size: int = 32,
-    trt_cache: str | os.PathLike | None = None,
+    options: CalibrateOptions,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """INT8 Q/DQ model encoded for `target` (see encoding_for; the tensorrt one serves TensorRT 11
-    and ONNX Runtime alike), a JSON record of the calibration next to it, and optionally a
-    TensorRT 10 calibration cache from the same ranges."""
+    """Calibrate `model` (FP32 ONNX) and write, next to `out_path`, all or nothing of:
+
+    - `out_path`: the INT8 Q/DQ model encoded for the target (calibration.targets), or with a gate
+      the mixed-precision model of the plan (its high-precision layers in FP16 or FP32);
+    - `<out>.json`: the calibration record with the quality report; `<out>.quality.md` / `.png`;
+    - `<out>.ranges.json`: the activation ranges; `<out>.plan.json`: the precision plan (gated);
+    - optionally a TensorRT 10 calibration cache (+ sidecar) and a pure FP16 model.
+    """
+    from calibration.fp16 import convert_fp16
     from calibration.metrics import weight_range_spread, worst_spread
+    from calibration.plan import Gate, plan_precision, write_mixed_model
+    from calibration.qdq import quantizable_layers
+    from calibration.quality import measure_quality, render_quality_plot, write_quality_markdown
     from calibration.quantize import write_qdq_model
     from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
-    from calibration.trt_cache import write_model_calibration_cache
+    from calibration.targets import encoding_for
+    from calibration.trt_cache import sidecar_path, write_model_calibration_cache
 
-    images, _ = load_image_set(_verified(calibration_set))
-    activations, reduce_range = encoding_for(target)
+    out = Path(out_path)
+    encoding = encoding_for(options.target)
+    high_precision = options.high_precision or encoding.high_precision
+    if options.fp16_io not in ("fp32", "fp16"):
+        raise UserError(f"FP16 model input/output type {options.fp16_io!r} is not fp32 or fp16")
+    images, labels = load_image_set(_verified(calibration_set))
+    holdout = options.holdout if options.holdout is not None else (len(images) // 4 if options.gated else 0)
+    if options.gated and holdout < 1:
+        raise UserError("the accuracy gate is measured on held-out calibration images; pass --holdout N (N >= 1)")
+    if not 0 <= holdout < len(images):
+        raise UserError(f"--holdout {holdout} leaves no calibration images of {len(images)}; hold out fewer")
+    range_images, holdout_images = images[: len(images) - holdout], images[len(images) - holdout :]
+    holdout_labels = labels[len(images) - holdout :] if labels is not None else None
 
-    def report_batch(done: int, total: int) -> None:
+    def say(message: str) -> None:
         if progress is not None:
-            progress(f"calibration batch {done}/{total}")
+            progress(message)
 
-    ranges = calibrate_ranges(_verified(model), images, method, batch_size=batch_size, progress=report_batch,
-                              percentile=DEFAULT_PERCENTILE if percentile is None else percentile)  # fmt: skip
-    result = write_qdq_model(model, ranges, out_path, per_channel=per_channel, reduce_range=reduce_range,
-                             activations=activations)  # fmt: skip
-    spreads = weight_range_spread(str(model))
-    record = {
-        "model": str(model), "output": str(out_path), "target": target, "method": ranges.method,
-        "percentile": ranges.percentile, "quantize": asdict(result), "weight_spread": [asdict(s) for s in spreads],
-        "worst_weight_spread": asdict(worst_spread(spreads)),
-    }  # fmt: skip
-    params = {"target": target, "method": method, "per_channel": per_channel, "activations": activations,
-              "reduce_range": reduce_range}  # fmt: skip
-    if trt_cache is not None:
-        write_model_calibration_cache(trt_cache, ranges)
-        record["trt_cache"] = str(trt_cache)
-        _record(trt_cache, "calibrate", [model, calibration_set], params)
-    write_json(Path(out_path).with_suffix(".json"), *CALIBRATION, record)
-    _record(out_path, "calibrate", [model, calibration_set], params)
+    ranges = calibrate_ranges(
+        _verified(model), range_images, options.method, batch_size=options.batch_size,
+        percentile=DEFAULT_PERCENTILE if options.percentile is None else options.percentile,
+        progress=lambda done, total: say(f"calibration batch {done}/{total}"),
+    )  # fmt: skip
+    plan = None
+    if options.gated:
+        gate = Gate(max_top1_drop=options.max_top1_drop, min_logits_sqnr_db=options.min_logits_sqnr_db)
+        plan = plan_precision(model, ranges, holdout_images, gate, holdout_labels=holdout_labels,
+                              per_channel=options.per_channel, **encoding.qdq_options,
+                              high_precision=high_precision, progress=say)  # fmt: skip
+        precisions = plan.layers
+    else:
+        from calibration.inputs import load_fp32_model
+
+        precisions = {node.name: "int8" for node in quantizable_layers(load_fp32_model(Path(model)))}
+
+    if options.eval_set is not None:
+        quality_images, quality_labels = load_image_set(_verified(options.eval_set))
+        image_set = f"{Path(options.eval_set).name}"
+    elif holdout:
+        quality_images, quality_labels, image_set = holdout_images, holdout_labels, "calibration hold-out"
+    else:
+        quality_images, quality_labels, image_set = range_images, labels, "the calibration images themselves"
+    title = f"{out.name}: {options.target}, {ranges.method}, " + ("per-channel" if options.per_channel else
+                                                                    "per-tensor")  # fmt: skip
+    products = [out, out.with_suffix(".json"), out.with_suffix(".quality.md"), out.with_suffix(".quality.png"),
+                out.with_suffix(".ranges.json")]  # fmt: skip
+    with staged_files(out.parent) as staging:
+        staged = staging / out.name
+        if plan is not None:
+            result = write_mixed_model(model, plan, ranges, staged)
+            plan.save(staging / out.with_suffix(".plan.json").name)
+            products.append(out.with_suffix(".plan.json"))
+        else:
+            result = write_qdq_model(model, ranges, staged, per_channel=options.per_channel,
+                                     **encoding.qdq_options)  # fmt: skip
+        ranges.save(staging / out.with_suffix(".ranges.json").name)
+        say(f"quality report on {len(quality_images)} images ({image_set})")
+        quality = measure_quality(
+            model, staged, quality_images, quality_labels, image_set=image_set, precisions=precisions,
+            sensitivity={s.node: s.logits_sqnr_db for s in plan.sensitivity} if plan else None,
+            kernels="onnxruntime-cpu" if options.target == "ort-cpu" else None,
+        )  # fmt: skip
+        write_quality_markdown(quality, title, staging / out.with_suffix(".quality.md").name)
+        render_quality_plot(quality, title, staging / out.with_suffix(".quality.png").name)
+        if result is not None:
+            result.output_path = str(out)  # where it will be once the staged files are moved
+        spreads = weight_range_spread(str(model))
+        record: dict[str, Any] = {
+            "model": str(model), "output": str(out), "target": options.target, "encoding": asdict(encoding),
+            "method": ranges.method, "percentile": ranges.percentile, "calibration_images": len(range_images),
+            "holdout_images": holdout, "quantize": asdict(result) if result is not None else None,
+            "plan": asdict(plan) if plan is not None else None, "quality": asdict(quality),
+            "weight_spread": [asdict(s) for s in spreads], "worst_weight_spread": asdict(worst_spread(spreads)),
+        }  # fmt: skip
+        if options.trt_cache is not None:
+            cache = Path(options.trt_cache)
+            if cache.parent.resolve() != out.parent.resolve():
+                raise UserError(f"{cache}: write the TensorRT cache next to {out.name} (same directory)")
+            write_model_calibration_cache(staging / cache.name, ranges)
+            record["trt_cache"] = str(cache)
+            products += [cache, sidecar_path(cache)]
+        if options.fp16 is not None:
+            fp16 = Path(options.fp16)
+            if fp16.parent.resolve() != out.parent.resolve():
+                raise UserError(f"{fp16}: write the FP16 model next to {out.name} (same directory)")
+            convert_fp16(model, staging / fp16.name, keep_io_fp32=options.fp16_io == "fp32",
+                         activation_max_abs=ranges.max_abs)  # fmt: skip
+            record["fp16"] = str(fp16)
+            products.append(fp16)
+        write_json(staging / out.with_suffix(".json").name, *CALIBRATION, record)
+    params = {**asdict(options), "activations": encoding.activations, "reduce_range": encoding.reduce_range,
+              "placement": encoding.placement, "high_precision": high_precision}  # fmt: skip
+    inputs = [model, calibration_set] + ([options.eval_set] if options.eval_set else [])
+    for product in products:
+        _record(product, "calibrate", inputs, params)
     return record
 
 

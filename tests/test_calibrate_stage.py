@@ -1,0 +1,118 @@
+"""The calibrate stage (torch-free): every product of one run, written all together or not at all."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from tiny_onnx import make_tiny_resnet, random_images
+
+from calibration.fp16 import FP16_MAX
+from calibration.plan import PrecisionPlan
+from calibration.qdq import count_qdq, qdq_zero_point_violations, tensorrt_placement_violations
+from calibration.ranges import ActivationRanges, images_sha256
+from calibration.trt_cache import load_model_calibration_cache
+from engines.artifacts import load_image_set, save_image_set
+from engines.errors import UserError
+from mimicnorm_deploy.stages import CalibrateOptions, calibrate_stage
+
+N_IMAGES = 96
+
+
+def image_set(path: Path, model: Path, n: int = N_IMAGES, seed: int = 1) -> Path:
+    """uint8 images with the FP32 model's own top-1 as labels (so FP32 accuracy is 100 %)."""
+    import onnxruntime as ort
+
+    pixels = (random_images(n, seed=seed) * 255).round().astype(np.uint8)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    labels = session.run(None, {"images": pixels.astype(np.float32) / 255})[0].argmax(axis=1)
+    return save_image_set(path, pixels, labels, 1 / 255)
+
+
+@pytest.fixture
+def workdir(tmp_path) -> tuple[Path, Path, Path]:
+    model = make_tiny_resnet(tmp_path / "model.onnx")
+    return tmp_path, model, image_set(tmp_path / "calib.npz", model)
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_ungated_run_writes_model_record_report_and_ranges(workdir):
+    tmp, model, calib = workdir
+    out = tmp / "model.int8.onnx"
+    messages = []
+    record = calibrate_stage(model, calib, out, CalibrateOptions(per_channel=True), progress=messages.append)
+    products = ["model.int8.json", "model.int8.onnx", "model.int8.quality.md", "model.int8.quality.png",
+                "model.int8.ranges.json"]  # fmt: skip
+    assert listing(tmp) == sorted(["calib.npz", "manifest.json", "model.onnx", *products])  # no staging leftovers
+    manifest = json.loads((tmp / "manifest.json").read_text())["artifacts"]
+    assert all(manifest[name]["stage"] == "calibrate" for name in products)
+    assert record["plan"] is None and record["holdout_images"] == 0 and record["calibration_images"] == N_IMAGES
+    assert any(m.startswith("calibration batch") for m in messages)
+    quality = record["quality"]
+    assert quality["kernels"] == "onnxruntime-cpu" and quality["image_set"] == "the calibration images themselves"
+    assert quality["accuracy_fp32"] == 1.0 and 0.5 < quality["accuracy"] <= 1.0 and quality["kernel_accuracy"] > 0.5
+    assert [layer["node"] for layer in quality["layers"]] == ["conv1", "conv2", "residual_add", "fc"]
+    assert (tmp / "model.int8.quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ranges = ActivationRanges.load(tmp / "model.int8.ranges.json")
+    ranges.require_model(model)
+    assert ranges.num_images == N_IMAGES
+
+
+def test_gated_tensorrt_run_holds_out_the_last_quarter(workdir):
+    tmp, model, calib = workdir
+    out = tmp / "model.mixed.onnx"
+    eval_set = image_set(tmp / "eval.npz", model, n=64, seed=7)
+    options = CalibrateOptions(target="tensorrt", min_logits_sqnr_db=20.0, trt_cache=str(tmp / "model.calib"),
+                               fp16=str(tmp / "model.fp16.onnx"), eval_set=str(eval_set))  # fmt: skip
+    record = calibrate_stage(model, calib, out, options)
+
+    holdout = N_IMAGES // 4
+    images, _ = load_image_set(calib)
+    plan = PrecisionPlan.load(tmp / "model.mixed.plan.json")
+    assert plan.holdout_sha256 == images_sha256(images[-holdout:])  # the gate saw only the held-out images
+    assert plan.calibration_sha256 == images_sha256(images[:-holdout])  # and the ranges only the others
+    assert plan.high_precision == "fp16" and plan.placement == "tensorrt" and plan.result.passed
+    assert record["holdout_images"] == holdout and record["calibration_images"] == N_IMAGES - holdout
+    assert record["quality"]["image_set"] == "eval.npz" and record["quality"]["images"] == 64
+    assert record["quality"]["kernels"] is None  # TensorRT does not run here: no kernel figures claimed
+    written = onnx.load(str(out))
+    assert qdq_zero_point_violations(written) == [] and tensorrt_placement_violations(written) == []
+    # every artifact TensorRT 10 and 11 need, from the same ranges
+    header, scales = load_model_calibration_cache(tmp / "model.calib", model)
+    assert header.line.startswith("TRT-") and scales
+    fp16 = onnx.load(str(tmp / "model.fp16.onnx"))
+    assert count_qdq(fp16)["QuantizeLinear"] == 0
+    assert {i.data_type for i in fp16.graph.initializer} == {onnx.TensorProto.FLOAT16}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (CalibrateOptions(min_logits_sqnr_db=500.0, target="tensorrt"), "no precision plan passes the gate"),
+        (CalibrateOptions(max_top1_drop=0.01, holdout=0), "pass --holdout N"),
+        (CalibrateOptions(holdout=N_IMAGES), "leaves no calibration images"),
+        (CalibrateOptions(batch_size=N_IMAGES + 1), "fewer than one batch"),
+        (CalibrateOptions(target="jetson-nano"), "unknown target 'jetson-nano'"),
+        (CalibrateOptions(trt_cache="elsewhere/model.calib"), "same directory"),
+    ],
+)
+def test_bad_options_raise_user_error_and_write_nothing(workdir, options, message):
+    tmp, model, calib = workdir
+    before = listing(tmp)
+    with pytest.raises(UserError, match=message):
+        calibrate_stage(model, calib, tmp / "q.onnx", options)
+    assert listing(tmp) == before
+
+
+def test_fp16_overflow_found_after_the_int8_model_leaves_nothing(tmp_path):
+    # conv1's weights beyond FP16's range (conv2 divides them back): INT8 is fine, FP16 is not
+    model = make_tiny_resnet(tmp_path / "model.onnx", channel_scales=np.array([1.0, 1.0, 1.0, 4 * FP16_MAX]))
+    calib = image_set(tmp_path / "calib.npz", model)
+    before = listing(tmp_path)
+    with pytest.raises(UserError, match="FP16 cannot hold"):
+        calibrate_stage(model, calib, tmp_path / "q.onnx", CalibrateOptions(fp16=str(tmp_path / "q.fp16.onnx")))
+    assert listing(tmp_path) == before

@@ -1,0 +1,62 @@
+"""The per-model quality report: per-layer output SQNR, logits figures, Markdown and PNG."""
+
+import math
+
+import numpy as np
+import pytest
+from tiny_onnx import make_tiny_resnet, random_images
+
+from calibration.quality import measure_quality, render_quality_markdown, render_quality_plot
+from calibration.quantize import write_qdq_model
+from calibration.ranges import calibrate_ranges
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quality")
+    fp32 = make_tiny_resnet(tmp / "model.onnx")
+    ranges = calibrate_ranges(fp32, random_images(64))
+    # conv1 kept in float: its output carries no quantization error, the layers after it do
+    partial = write_qdq_model(fp32, ranges, tmp / "partial.onnx", nodes_to_exclude=["conv1"]).output_path
+    full = write_qdq_model(fp32, ranges, tmp / "full.onnx").output_path
+    return fp32, partial, full
+
+
+def test_per_layer_sqnr_follows_where_error_enters(models):
+    fp32, partial, full = models
+    images = random_images(300, seed=3)  # more than one evaluation batch
+    precisions = {"conv1": "fp32", "conv2": "int8", "residual_add": "int8", "fc": "int8"}
+    quality = measure_quality(fp32, partial, images, None, image_set="random", precisions=precisions)
+    by_node = {layer.node: layer for layer in quality.layers}
+    assert list(by_node) == ["conv1", "conv2", "residual_add", "fc"]
+    assert by_node["conv1"].output_sqnr_db == math.inf and by_node["conv1"].precision == "fp32"
+    assert all(math.isfinite(by_node[n].output_sqnr_db) for n in ("conv2", "residual_add", "fc"))
+    assert by_node["conv1"].weight_spread > 1 and by_node["residual_add"].weight_spread is None
+    assert quality.images == 300 and quality.accuracy is None and quality.kernels is None
+
+    everything = measure_quality(fp32, full, images, None, image_set="random", precisions=dict.fromkeys(precisions,
+                                                                                                        "int8"))
+    assert math.isfinite(everything.layers[0].output_sqnr_db)  # conv1 quantized now
+    assert everything.logits_sqnr_db < quality.logits_sqnr_db  # more quantized layers, more noise
+
+
+def test_labels_and_kernels_add_accuracy_figures(models):
+    fp32, _, full = models
+    images = random_images(100, seed=4)
+    labels = np.random.default_rng(0).integers(0, 3, 100)
+    quality = measure_quality(fp32, full, images, labels, image_set="random", precisions={},
+                              kernels="onnxruntime-cpu", sensitivity={"conv2": 12.5})  # fmt: skip
+    assert 0 <= quality.accuracy <= 1 and 0 <= quality.accuracy_fp32 <= 1 and 0 <= quality.kernel_accuracy <= 1
+    assert quality.kernel_top1_agreement > 0.5 and quality.kernel_logits_sqnr_db > 10
+    assert [layer.sensitivity_sqnr_db for layer in quality.layers] == [None, 12.5, None, None]
+
+
+def test_markdown_and_png(models, tmp_path):
+    fp32, partial, _ = models
+    precisions = {"conv1": "fp16", "conv2": "int8", "residual_add": "int8", "fc": "int8"}
+    quality = measure_quality(fp32, partial, random_images(32), None, image_set="random", precisions=precisions)
+    markdown = render_quality_markdown(quality, "tiny")
+    assert markdown.startswith("# tiny\n") and "| conv1 | Conv | fp16 |" in markdown and "| inf |" in markdown
+    assert "not run here" in markdown
+    png = render_quality_plot(quality, "tiny", tmp_path / "q.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
