@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""The per-tensor INT8 study: do MimicNorm networks escape the per-tensor collapse of BN-folded ones?
+
+    python scripts/int8_study.py [--out runs/study] [--seeds 0,1,2] [--archs resnet20,mobilenetv2_050]
+                                 [--epochs 1.8] [--phase all|train|evaluate]
+
+Phase `train`: for every arch x norm (mimic, bn) x seed, train on Fashion-MNIST (the demo's
+schedule), freeze (checked) and export. A model whose ONNX file is already recorded in its
+directory's manifest is not trained again, so an interrupted study resumes where it stopped.
+
+Phase `evaluate`: for every model, INT8 per-tensor and per-channel with MinMax, Percentile and
+Entropy ranges, written for TensorRT (symmetric int8, full 8-bit weights) and scored on the test
+split with Q/DQ simulated in float (what TensorRT's arithmetic approximates, the same on any
+machine), plus ONNX Runtime's `quantize_static` with its defaults (the baseline a user reaches
+for) and the gated mixed-precision plan. Ranges come from the first half of a 1,024-image sample
+of the training split; the gate is measured on the second half. The table (mean and spread over
+seeds) goes to stdout, `<out>/study.md` and `<out>/study.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engines.artifacts import load_image_set  # noqa: E402
+from engines.errors import UserError  # noqa: E402
+
+NORMS = ("mimic", "bn")
+CALIBRATION_COUNT = 1024  # first half: activation ranges; second half: the plan's gate
+
+
+def model_dir(out: Path, arch: str, norm: str, seed: int) -> Path:
+    return out / arch / norm / f"seed{seed}"
+
+
+def train_models(args: argparse.Namespace, out: Path) -> None:
+    from mimicnorm_deploy.data import load_dataset
+    from mimicnorm_deploy.stages import export_stage, freeze_stage, prepare_data, train_stage
+    from mimicnorm_deploy.train import TrainConfig
+
+    dataset = load_dataset("fashion-mnist", args.data_dir)
+    data_dir = out / "data"
+    if not (data_dir / "calib.npz").is_file():
+        prepare_data(dataset, data_dir, calibration_count=CALIBRATION_COUNT, seed=0)
+    for arch in args.archs:
+        for seed in args.seeds:
+            for norm in NORMS:
+                directory = model_dir(out, arch, norm, seed)
+                if (directory / "model.onnx").is_file():
+                    print(f"[{arch} {norm} seed {seed}] already exported, skipped", flush=True)
+                    continue
+                started = time.perf_counter()
+                config = TrainConfig(arch=arch, norm=norm, epochs=args.epochs, seed=seed, augment=False)
+                train_stage(config, dataset, directory, lambda m, tag=f"[{arch} {norm} seed {seed}]": print(
+                    f"{tag} {m}", flush=True))  # fmt: skip
+                freeze_stage(directory / "checkpoint.safetensors", directory / "frozen.safetensors",
+                             str(data_dir / "calib.npz"))  # fmt: skip
+                export_stage(directory / "frozen.safetensors", directory / "model.onnx")
+                print(f"[{arch} {norm} seed {seed}] trained and exported in "
+                      f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)  # fmt: skip
+
+
+METHODS = ("minmax", "percentile", "entropy")
+GRANULARITIES = ("per-tensor", "per-channel")
+PLAN_GATE_TOP1_DROP = 0.005  # half a point of top-1 on the held-out half of the calibration sample
+RESULT_FILE = "study_result.json"
+RESULT_SCHEMA = ("mimicnorm-deploy/int8-study-model", 1)
+STUDY_SCHEMA = ("mimicnorm-deploy/int8-study", 1)
+
+
+def simulated_logits(model_path: str | Path, images, *, kernels: bool = False):
+    """Logits from ONNX Runtime: Q/DQ simulated in float, or (kernels) fused into its CPU INT8 kernels."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not kernels:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images[i : i + 500]})[0] for i in range(0, len(images), 500)])
+
+
+def evaluate_model(directory: Path, data: dict, say) -> dict:
+    """Every INT8 variant of one exported model, scored on the test split."""
+    import tempfile
+
+    from onnxruntime.quantization import quantize_static
+
+    from calibration.data import ArrayCalibrationReader
+    from calibration.metrics import accuracy, weight_range_spread, worst_spread
+    from calibration.plan import Gate, plan_precision, write_mixed_model
+    from calibration.quantize import write_qdq_model
+    from calibration.ranges import calibrate_ranges
+    from calibration.targets import encoding_for
+
+    model = directory / "model.onnx"
+    test_images, test_labels = data["test"]
+    encoding = encoding_for("tensorrt")
+    fp32 = accuracy(simulated_logits(model, test_images), test_labels)
+    spreads = weight_range_spread(model)
+    worst = worst_spread(spreads)
+    result = {"fp32": fp32, "worst_spread": worst.spread, "worst_spread_layer": worst.node,
+              "median_layer_spread": float(sorted(s.spread for s in spreads)[len(spreads) // 2]),
+              "int8": {}}  # fmt: skip
+    say(f"FP32 {100 * fp32:.2f}%, worst weight-range spread {worst.spread:.1f}x ({worst.node})")
+    with tempfile.TemporaryDirectory(prefix="int8-study.") as tmp:
+        ranges_by_method = {}
+        for method in METHODS:
+            ranges_by_method[method] = ranges = calibrate_ranges(model, data["ranges"], method)
+            for granularity in GRANULARITIES:
+                path = Path(tmp) / f"{method}-{granularity}.onnx"
+                write_qdq_model(model, ranges, path, per_channel=granularity == "per-channel", **encoding.qdq_options)
+                score = accuracy(simulated_logits(path, test_images), test_labels)
+                result["int8"][f"{granularity} {method}"] = score
+                say(f"INT8 {granularity} {method}: {100 * score:.2f}%")
+        # The baseline a user reaches for: quantize_static with every default (per-tensor, MinMax,
+        # asymmetric activations), run by ONNX Runtime's own CPU kernels and simulated.
+        default = Path(tmp) / "ort-default.onnx"
+        quantize_static(str(model), str(default), ArrayCalibrationReader(data["ranges"], "images", 32))
+        result["ort_default_kernels"] = accuracy(simulated_logits(default, test_images, kernels=True), test_labels)
+        result["ort_default_simulated"] = accuracy(simulated_logits(default, test_images), test_labels)
+        say(f"ORT quantize_static defaults: {100 * result['ort_default_kernels']:.2f}% (kernels), "
+            f"{100 * result['ort_default_simulated']:.2f}% (simulated)")  # fmt: skip
+        # The gated plan on the collapse-prone setting: per-tensor MinMax, FP16 for what must move.
+        holdout_images, holdout_labels = data["holdout"]
+        try:
+            plan = plan_precision(model, ranges_by_method["minmax"], holdout_images, Gate(PLAN_GATE_TOP1_DROP),
+                                  holdout_labels=holdout_labels, **encoding.qdq_options, high_precision="fp16")
+            mixed = Path(tmp) / "plan.onnx"
+            write_mixed_model(model, plan, ranges_by_method["minmax"], mixed)
+            result["plan"] = {"accuracy": accuracy(simulated_logits(mixed, test_images), test_labels),
+                              "layers": len(plan.layers), "moved": [m.node for m in plan.moved]}  # fmt: skip
+            say(f"gated plan: {len(plan.moved)}/{len(plan.layers)} layers to FP16, "
+                f"{100 * result['plan']['accuracy']:.2f}%")  # fmt: skip
+        except UserError as exc:  # an unreachable gate is a result too
+            result["plan"] = {"error": str(exc)}
+            say(f"gated plan: {exc}")
+    return result
+
+
+def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
+    from engines.artifacts import read_json, write_json
+
+    calib_images, calib_labels = load_image_set(out / "data" / "calib.npz")
+    half = len(calib_images) // 2
+    data = {
+        "ranges": calib_images[:half],
+        "holdout": (calib_images[half:], calib_labels[half:]),
+        "test": load_image_set(out / "data" / "test.npz"),
+    }
+    rows = []
+    for arch in args.archs:
+        for norm in NORMS:
+            for seed in args.seeds:
+                directory = model_dir(out, arch, norm, seed)
+                if not (directory / "model.onnx").is_file():
+                    raise UserError(f"{directory}: no model.onnx; run this script with --phase train first")
+                path = directory / RESULT_FILE
+                if path.is_file():
+                    result = read_json(path, *RESULT_SCHEMA)
+                else:
+                    started = time.perf_counter()
+                    result = evaluate_model(directory, data, lambda m, tag=f"[{arch} {norm} seed {seed}]": print(
+                        f"{tag} {m}", flush=True))  # fmt: skip
+                    write_json(path, *RESULT_SCHEMA, {"arch": arch, "norm": norm, "seed": seed, **result})
+                    print(f"[{arch} {norm} seed {seed}] evaluated in {(time.perf_counter() - started) / 60:.1f} min",
+                          flush=True)  # fmt: skip
+                rows.append({"arch": arch, "norm": norm, "seed": seed, **result})
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown: per arch x norm, mean and (min-max) over seeds of every test accuracy."""
+    import numpy as np
+
+    def cell(values: list[float], scale: float = 100, fmt: str = ".2f") -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        if len(values) == 1:
+            return format(scale * values[0], fmt)
+        return (f"{format(scale * float(np.mean(values)), fmt)} ({format(scale * min(values), fmt)}-"
+                f"{format(scale * max(values), fmt)})")  # fmt: skip
+
+    columns = ["fp32"] + [f"{g} {m}" for g in GRANULARITIES for m in METHODS]
+    lines = [
+        "Test accuracy % on Fashion-MNIST's 10,000 test images: mean (min-max) over seeds "
+        f"{sorted({r['seed'] for r in rows})}. INT8 = symmetric int8 Q/DQ for TensorRT (full 8-bit weights, "
+        "TensorRT placement), simulated in float.",
+        "",
+        "| model | norm | FP32 | " + " | ".join(c for c in columns[1:]) + " | ORT defaults (kernels / simulated) "
+        "| gated plan (layers to FP16) | worst weight-range spread |",
+        "|---" * (len(columns) + 5) + "|",
+    ]
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        for norm in NORMS:
+            group = [r for r in rows if r["arch"] == arch and r["norm"] == norm]
+            if not group:
+                continue
+            values = [cell([r["fp32"] for r in group])]
+            values += [cell([r["int8"][c] for r in group]) for c in columns[1:]]
+            values.append(cell([r["ort_default_kernels"] for r in group]) + " / "
+                          + cell([r["ort_default_simulated"] for r in group]))  # fmt: skip
+            plans = [r["plan"] for r in group]
+            reached = [p for p in plans if "accuracy" in p]
+            moved = ", ".join(f"{len(p['moved'])}/{p['layers']}" for p in reached)
+            failed = len(plans) - len(reached)
+            values.append(cell([p["accuracy"] for p in reached]) + f" ({moved})"
+                          + (f", {failed} unreachable" if failed else ""))  # fmt: skip
+            values.append(cell([r["worst_spread"] for r in group], 1, ".1f") + "x")
+            label = {"mimic": "MimicNorm", "bn": "BN-folded"}[norm]
+            lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/study")
+    parser.add_argument("--data-dir", help="Fashion-MNIST IDX directory (default: Debian's dataset-fashion-mnist)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--archs", default="resnet20,mobilenetv2_050")
+    parser.add_argument("--epochs", type=float, default=1.8)
+    parser.add_argument("--phase", default="all", choices=["all", "train", "evaluate"])
+    args = parser.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.archs = args.archs.split(",")
+    out = Path(args.out)
+    try:
+        if args.phase in ("all", "train"):
+            train_models(args, out)
+        if args.phase in ("all", "evaluate"):
+            from engines.artifacts import atomic_write_text, write_json
+
+            rows = evaluate_models(args, out)
+            table = summarize(rows)
+            print(table)
+            atomic_write_text(out / "study.md", table)
+            write_json(out / "study.json", *STUDY_SCHEMA, {"rows": rows})
+            print(f"written {out / 'study.md'}, {out / 'study.json'}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
