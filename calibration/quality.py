@@ -189,14 +189,20 @@ def render_quality_markdown(quality: ModelQuality, title: str) -> str:
         "",
         f"Target kernels: {quality.kernels or 'not run here (the target runtime is not on this machine)'}.",
         "",
-        "| layer | op | precision | weight-range spread | output SQNR dB | alone in INT8: logits SQNR dB |",
+        "| layer | op | precision | weight-range spread | output SQNR dB | alone in INT8: logits SQNR dB "
+        "(sensitivity rank) |",
         "|---|---|---|---|---|---|",
     ]
+    # Rank 1 = the most sensitive layer: the lowest logits SQNR when it alone is in INT8.
+    measured = sorted((l for l in quality.layers if l.sensitivity_sqnr_db is not None),
+                      key=lambda l: l.sensitivity_sqnr_db)  # fmt: skip
+    rank = {layer.node: index + 1 for index, layer in enumerate(measured)}
     for layer in quality.layers:
         spread = "" if layer.weight_spread is None else f"{_num(layer.weight_spread, '.1f')}x"
+        sensitivity = _num(layer.sensitivity_sqnr_db, ".1f") + (f" ({rank[layer.node]})" if layer.node in rank else "")
         lines.append(
             f"| {layer.node} | {layer.op_type} | {layer.precision} | {spread} | "
-            f"{_num(layer.output_sqnr_db, '.1f')} | {_num(layer.sensitivity_sqnr_db, '.1f')} |"
+            f"{_num(layer.output_sqnr_db, '.1f')} | {sensitivity} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -116,3 +116,26 @@ def test_fp16_overflow_found_after_the_int8_model_leaves_nothing(tmp_path):
     with pytest.raises(UserError, match="FP16 cannot hold"):
         calibrate_stage(model, calib, tmp_path / "q.onnx", CalibrateOptions(fp16=str(tmp_path / "q.fp16.onnx")))
     assert listing(tmp_path) == before
+
+
+def test_cli_gated_calibration_prints_the_plan_and_the_report(workdir, capsys):
+    from mimicnorm_deploy.cli import main
+
+    tmp, model, calib = workdir
+    out = tmp / "model.mixed.onnx"
+    assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(out), "--target", "tensorrt",
+                 "--max-top1-drop", "5", "--holdout", "32", "--high-precision", "fp32", "--fp16",
+                 str(tmp / "model.fp16.onnx"), "--fp16-io", "fp16"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "plan: " in printed and "gate on 32 held-out images" in printed and "pure FP16 model" in printed
+    plan = PrecisionPlan.load(tmp / "model.mixed.plan.json")
+    assert plan.gate.max_top1_drop == pytest.approx(0.05) and plan.high_precision == "fp32"
+    fp16 = onnx.load(str(tmp / "model.fp16.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # --fp16-io fp16
+
+    assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(tmp / "x.onnx"),
+                 "--min-logits-sqnr", "500", "--target", "tensorrt"]) == 2  # fmt: skip
+    stderr = capsys.readouterr().err.strip().splitlines()  # progress lines, then the one error line
+    assert [line for line in stderr if line.startswith("error: ")] == stderr[-1:]
+    assert stderr[-1].startswith("error: no precision plan passes the gate") and "relax the gate" in stderr[-1]
+    assert not any(p.name.startswith("x.") for p in tmp.iterdir())

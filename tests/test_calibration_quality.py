@@ -49,6 +49,17 @@ def test_labels_and_kernels_add_accuracy_figures(models):
     assert 0 <= quality.accuracy <= 1 and 0 <= quality.accuracy_fp32 <= 1 and 0 <= quality.kernel_accuracy <= 1
     assert quality.kernel_top1_agreement > 0.5 and quality.kernel_logits_sqnr_db > 10
     assert [layer.sensitivity_sqnr_db for layer in quality.layers] == [None, 12.5, None, None]
+    assert "| conv2 | Conv | int8 |" in render_quality_markdown(quality, "t")
+
+
+def test_sensitivity_is_ranked_most_sensitive_first(models):
+    fp32, _, full = models
+    quality = measure_quality(fp32, full, random_images(16), None, image_set="random", precisions={},
+                              sensitivity={"conv1": 30.0, "conv2": 12.5, "residual_add": 40.0, "fc": 20.0})  # fmt: skip
+    markdown = render_quality_markdown(quality, "t")
+    for node, cell in (("conv2", "12.5 (1)"), ("fc", "20.0 (2)"), ("conv1", "30.0 (3)"), ("residual_add", "40.0 (4)")):
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {node} |"))
+        assert row.endswith(f"| {cell} |"), row
 
 
 def test_markdown_and_png(models, tmp_path):
