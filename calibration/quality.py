@@ -60,14 +60,14 @@ def measure_quality(
     labels: np.ndarray | None,
     *,
     image_set: str,
-    precisions: dict[str, str],
+    precisions: dict[str, str] | None = None,
     sensitivity: dict[str, float] | None = None,
     kernels: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ModelQuality:
     """Compare `calibrated_model` with `fp32_model` on `images` (float32 model inputs).
 
-    `precisions` gives each quantizable layer's precision (a plan's layers, or all "int8");
+    `precisions` gives each quantizable layer's precision (a plan's layers; default all "int8");
     `kernels` names the runtime of the target's own kernels when they run here (then the
     calibrated model also runs with ONNX Runtime's graph optimizations, which fuse Q/DQ into its
     INT8 kernels). `progress(done, total)` counts images.
@@ -111,7 +111,7 @@ def measure_quality(
             LayerQuality(
                 node=node.name,
                 op_type=node.op_type,
-                precision=precisions.get(node.name, "fp32"),
+                precision="int8" if precisions is None else precisions[node.name],
                 weight_spread=spreads.get(node.name),
                 output_sqnr_db=_sqnr_from_sums(signal[i], noise[i]),
                 sensitivity_sqnr_db=(sensitivity or {}).get(node.name),
@@ -194,8 +194,8 @@ def render_quality_markdown(quality: ModelQuality, title: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     # Rank 1 = the most sensitive layer: the lowest logits SQNR when it alone is in INT8.
-    measured = sorted((l for l in quality.layers if l.sensitivity_sqnr_db is not None),
-                      key=lambda l: l.sensitivity_sqnr_db)  # fmt: skip
+    measured = sorted((layer for layer in quality.layers if layer.sensitivity_sqnr_db is not None),
+                      key=lambda layer: layer.sensitivity_sqnr_db)  # fmt: skip
     rank = {layer.node: index + 1 for index, layer in enumerate(measured)}
     for layer in quality.layers:
         spread = "" if layer.weight_spread is None else f"{_num(layer.weight_spread, '.1f')}x"

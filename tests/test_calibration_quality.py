@@ -34,8 +34,7 @@ def test_per_layer_sqnr_follows_where_error_enters(models):
     assert by_node["conv1"].weight_spread > 1 and by_node["residual_add"].weight_spread is None
     assert quality.images == 300 and quality.accuracy is None and quality.kernels is None
 
-    everything = measure_quality(fp32, full, images, None, image_set="random", precisions=dict.fromkeys(precisions,
-                                                                                                        "int8"))
+    everything = measure_quality(fp32, full, images, None, image_set="random")  # all INT8 by default
     assert math.isfinite(everything.layers[0].output_sqnr_db)  # conv1 quantized now
     assert everything.logits_sqnr_db < quality.logits_sqnr_db  # more quantized layers, more noise
 
@@ -44,7 +43,7 @@ def test_labels_and_kernels_add_accuracy_figures(models):
     fp32, _, full = models
     images = random_images(100, seed=4)
     labels = np.random.default_rng(0).integers(0, 3, 100)
-    quality = measure_quality(fp32, full, images, labels, image_set="random", precisions={},
+    quality = measure_quality(fp32, full, images, labels, image_set="random",
                               kernels="onnxruntime-cpu", sensitivity={"conv2": 12.5})  # fmt: skip
     assert 0 <= quality.accuracy <= 1 and 0 <= quality.accuracy_fp32 <= 1 and 0 <= quality.kernel_accuracy <= 1
     assert quality.kernel_top1_agreement > 0.5 and quality.kernel_logits_sqnr_db > 10
@@ -54,7 +53,7 @@ def test_labels_and_kernels_add_accuracy_figures(models):
 
 def test_sensitivity_is_ranked_most_sensitive_first(models):
     fp32, _, full = models
-    quality = measure_quality(fp32, full, random_images(16), None, image_set="random", precisions={},
+    quality = measure_quality(fp32, full, random_images(16), None, image_set="random",
                               sensitivity={"conv1": 30.0, "conv2": 12.5, "residual_add": 40.0, "fc": 20.0})  # fmt: skip
     markdown = render_quality_markdown(quality, "t")
     for node, cell in (("conv2", "12.5 (1)"), ("fc", "20.0 (2)"), ("conv1", "30.0 (3)"), ("residual_add", "40.0 (4)")):
