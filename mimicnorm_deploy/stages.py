@@ -150,7 +150,6 @@ def calibrate_stage(
     from calibration.fp16 import convert_fp16
     from calibration.metrics import weight_range_spread, worst_spread
     from calibration.plan import Gate, plan_precision, write_mixed_model
-    from calibration.qdq import quantizable_layers
     from calibration.quality import measure_quality, render_quality_plot, write_quality_markdown
     from calibration.quantize import write_qdq_model
     from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
@@ -186,15 +185,10 @@ def calibrate_stage(
         plan = plan_precision(model, ranges, holdout_images, gate, holdout_labels=holdout_labels,
                               per_channel=options.per_channel, **encoding.qdq_options,
                               high_precision=high_precision, progress=say)  # fmt: skip
-        precisions = plan.layers
-    else:
-        from calibration.inputs import load_fp32_model
-
-        precisions = {node.name: "int8" for node in quantizable_layers(load_fp32_model(Path(model)))}
 
     if options.eval_set is not None:
         quality_images, quality_labels = load_image_set(_verified(options.eval_set))
-        image_set = f"{Path(options.eval_set).name}"
+        image_set = Path(options.eval_set).name
     elif holdout:
         quality_images, quality_labels, image_set = holdout_images, holdout_labels, "calibration hold-out"
     else:
@@ -215,7 +209,8 @@ def calibrate_stage(
         ranges.save(staging / out.with_suffix(".ranges.json").name)
         say(f"quality report on {len(quality_images)} images ({image_set})")
         quality = measure_quality(
-            model, staged, quality_images, quality_labels, image_set=image_set, precisions=precisions,
+            model, staged, quality_images, quality_labels, image_set=image_set,
+            precisions=plan.layers if plan else None,
             sensitivity={s.node: s.logits_sqnr_db for s in plan.sensitivity} if plan else None,
             kernels="onnxruntime-cpu" if options.target == "ort-cpu" else None,
         )  # fmt: skip
