@@ -5,16 +5,18 @@
                                  [--epochs 1.8] [--phase all|train|evaluate]
 
 Phase `train`: for every arch x norm (mimic, bn) x seed, train on Fashion-MNIST (the demo's
-schedule), freeze (checked) and export. A model whose ONNX file is already recorded in its
-directory's manifest is not trained again, so an interrupted study resumes where it stopped.
+schedule), freeze (checked) and export. A model whose ONNX file exists (export writes it
+atomically, last) is not trained again, so an interrupted study resumes where it stopped.
 
 Phase `evaluate`: for every model, INT8 per-tensor and per-channel with MinMax, Percentile and
 Entropy ranges, written for TensorRT (symmetric int8, full 8-bit weights) and scored on the test
 split with Q/DQ simulated in float (what TensorRT's arithmetic approximates, the same on any
 machine), plus ONNX Runtime's `quantize_static` with its defaults (the baseline a user reaches
-for) and the gated mixed-precision plan. Ranges come from the first half of a 1,024-image sample
-of the training split; the gate is measured on the second half. The table (mean and spread over
-seeds) goes to stdout, `<out>/study.md` and `<out>/study.json`.
+for) and gated mixed-precision plans from per-tensor MinMax and per-tensor Entropy. Ranges come
+from the first half of a 1,024-image sample of the training split; the gate is measured on the
+second half. Each model's results are kept in its directory (study_result.json), so this phase
+resumes too. The tables (mean and spread over seeds) go to stdout, `<out>/study.md` and
+`<out>/study.json`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def train_models(args: argparse.Namespace, out: Path) -> None:
 METHODS = ("minmax", "percentile", "entropy")
 GRANULARITIES = ("per-tensor", "per-channel")
 PLAN_GATE_TOP1_DROP = 0.005  # half a point of top-1 on the held-out half of the calibration sample
+PLAN_METHODS = ("minmax", "entropy")  # gated plans start from per-tensor INT8 with these ranges
 RESULT_FILE = "study_result.json"
 RESULT_SCHEMA = ("mimicnorm-deploy/int8-study-model", 1)
 STUDY_SCHEMA = ("mimicnorm-deploy/int8-study", 1)
@@ -127,20 +130,23 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
         result["ort_default_simulated"] = accuracy(simulated_logits(default, test_images), test_labels)
         say(f"ORT quantize_static defaults: {100 * result['ort_default_kernels']:.2f}% (kernels), "
             f"{100 * result['ort_default_simulated']:.2f}% (simulated)")  # fmt: skip
-        # The gated plan on the collapse-prone setting: per-tensor MinMax, FP16 for what must move.
+        # Gated plans for the per-tensor settings that can collapse: FP16 for what must move.
         holdout_images, holdout_labels = data["holdout"]
-        try:
-            plan = plan_precision(model, ranges_by_method["minmax"], holdout_images, Gate(PLAN_GATE_TOP1_DROP),
-                                  holdout_labels=holdout_labels, **encoding.qdq_options, high_precision="fp16")
-            mixed = Path(tmp) / "plan.onnx"
-            write_mixed_model(model, plan, ranges_by_method["minmax"], mixed)
-            result["plan"] = {"accuracy": accuracy(simulated_logits(mixed, test_images), test_labels),
-                              "layers": len(plan.layers), "moved": [m.node for m in plan.moved]}  # fmt: skip
-            say(f"gated plan: {len(plan.moved)}/{len(plan.layers)} layers to FP16, "
-                f"{100 * result['plan']['accuracy']:.2f}%")  # fmt: skip
-        except UserError as exc:  # an unreachable gate is a result too
-            result["plan"] = {"error": str(exc)}
-            say(f"gated plan: {exc}")
+        result["plans"] = {}
+        for method in PLAN_METHODS:
+            key = f"per-tensor {method}"
+            try:
+                plan = plan_precision(model, ranges_by_method[method], holdout_images, Gate(PLAN_GATE_TOP1_DROP),
+                                      holdout_labels=holdout_labels, **encoding.qdq_options, high_precision="fp16")
+                mixed = Path(tmp) / "plan.onnx"
+                write_mixed_model(model, plan, ranges_by_method[method], mixed)
+                result["plans"][key] = {"accuracy": accuracy(simulated_logits(mixed, test_images), test_labels),
+                                        "layers": len(plan.layers), "moved": [m.node for m in plan.moved]}
+                say(f"gated plan, {key}: {len(plan.moved)}/{len(plan.layers)} layers to FP16 "
+                    f"({', '.join(m.node for m in plan.moved)}), {100 * result['plans'][key]['accuracy']:.2f}%")
+            except UserError as exc:  # an unreachable gate is a result too
+                result["plans"][key] = {"error": str(exc)}
+                say(f"gated plan, {key}: {exc}")
     return result
 
 
@@ -163,7 +169,8 @@ def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
                     raise UserError(f"{directory}: no model.onnx; run this script with --phase train first")
                 path = directory / RESULT_FILE
                 if path.is_file():
-                    result = read_json(path, *RESULT_SCHEMA)
+                    document = read_json(path, *RESULT_SCHEMA)
+                    result = {k: v for k, v in document.items() if k not in ("schema", "schema_version")}
                 else:
                     started = time.perf_counter()
                     result = evaluate_model(directory, data, lambda m, tag=f"[{arch} {norm} seed {seed}]": print(
@@ -180,7 +187,6 @@ def summarize(rows: list[dict]) -> str:
     import numpy as np
 
     def cell(values: list[float], scale: float = 100, fmt: str = ".2f") -> str:
-        values = [v for v in values if v is not None]
         if not values:
             return "n/a"
         if len(values) == 1:
@@ -188,34 +194,44 @@ def summarize(rows: list[dict]) -> str:
         return (f"{format(scale * float(np.mean(values)), fmt)} ({format(scale * min(values), fmt)}-"
                 f"{format(scale * max(values), fmt)})")  # fmt: skip
 
-    columns = ["fp32"] + [f"{g} {m}" for g in GRANULARITIES for m in METHODS]
+    def plan_cell(plans: list[dict]) -> str:
+        reached = [p for p in plans if "accuracy" in p]
+        failed = len(plans) - len(reached)
+        moved = ", ".join(f"{len(p['moved'])}/{p['layers']}" for p in reached)
+        return cell([p["accuracy"] for p in reached]) + f" [{moved}]" + (f", {failed} unreachable" if failed else "")
+
+    int8_columns = [f"{g} {m}" for g in GRANULARITIES for m in METHODS]
+    groups = [(arch, norm, [r for r in rows if r["arch"] == arch and r["norm"] == norm])
+              for arch in dict.fromkeys(r["arch"] for r in rows) for norm in NORMS]  # fmt: skip
+    groups = [(arch, {"mimic": "MimicNorm", "bn": "BN-folded"}[norm], group) for arch, norm, group in groups if group]
+    seeds = sorted({r["seed"] for r in rows})
     lines = [
-        "Test accuracy % on Fashion-MNIST's 10,000 test images: mean (min-max) over seeds "
-        f"{sorted({r['seed'] for r in rows})}. INT8 = symmetric int8 Q/DQ for TensorRT (full 8-bit weights, "
-        "TensorRT placement), simulated in float.",
+        f"Test accuracy % on the 10,000 test images, mean (min-max) over seeds {seeds}. INT8: symmetric int8",
+        "Q/DQ as written for TensorRT (full 8-bit weights, TensorRT's placement), Q/DQ simulated in float.",
         "",
-        "| model | norm | FP32 | " + " | ".join(c for c in columns[1:]) + " | ORT defaults (kernels / simulated) "
-        "| gated plan (layers to FP16) | worst weight-range spread |",
-        "|---" * (len(columns) + 5) + "|",
+        "| model | norm | FP32 | " + " | ".join(int8_columns) + " |",
+        "|---" * (len(int8_columns) + 3) + "|",
     ]
-    for arch in dict.fromkeys(r["arch"] for r in rows):
-        for norm in NORMS:
-            group = [r for r in rows if r["arch"] == arch and r["norm"] == norm]
-            if not group:
-                continue
-            values = [cell([r["fp32"] for r in group])]
-            values += [cell([r["int8"][c] for r in group]) for c in columns[1:]]
-            values.append(cell([r["ort_default_kernels"] for r in group]) + " / "
-                          + cell([r["ort_default_simulated"] for r in group]))  # fmt: skip
-            plans = [r["plan"] for r in group]
-            reached = [p for p in plans if "accuracy" in p]
-            moved = ", ".join(f"{len(p['moved'])}/{p['layers']}" for p in reached)
-            failed = len(plans) - len(reached)
-            values.append(cell([p["accuracy"] for p in reached]) + f" ({moved})"
-                          + (f", {failed} unreachable" if failed else ""))  # fmt: skip
-            values.append(cell([r["worst_spread"] for r in group], 1, ".1f") + "x")
-            label = {"mimic": "MimicNorm", "bn": "BN-folded"}[norm]
-            lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
+    for arch, label, group in groups:
+        values = [cell([r["fp32"] for r in group])] + [cell([r["int8"][c] for r in group]) for c in int8_columns]
+        lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
+    plan_columns = [f"per-tensor {m}" for m in PLAN_METHODS]
+    lines += [
+        "",
+        "ONNX Runtime's `quantize_static` with its defaults (per-tensor, MinMax, asymmetric int8 activations),",
+        "run by its CPU kernels and simulated; gated plans (top-1 drop <= "
+        f"{100 * PLAN_GATE_TOP1_DROP:.1f} points on the held-out calibration half, FP16 for the layers moved) with "
+        "[layers moved / layers] per seed; weight-range spread of the worst layer (max / median per-channel range).",
+        "",
+        "| model | norm | ORT defaults, kernels | ORT defaults, simulated | "
+        + " | ".join(f"plan from {c}" for c in plan_columns) + " | worst weight-range spread |",
+        "|---" * (len(plan_columns) + 5) + "|",
+    ]
+    for arch, label, group in groups:
+        values = [cell([r["ort_default_kernels"] for r in group]), cell([r["ort_default_simulated"] for r in group])]
+        values += [plan_cell([r["plans"][c] for r in group]) for c in plan_columns]
+        values.append(cell([r["worst_spread"] for r in group], 1, ".1f") + "x")
+        lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 

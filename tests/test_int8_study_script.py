@@ -1,0 +1,46 @@
+"""scripts/int8_study.py's evaluate phase on tiny ONNX models (no training): it must keep running."""
+
+import importlib.util
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+from tiny_onnx import make_tiny_resnet, random_images
+
+from engines.artifacts import save_image_set
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "int8_study.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("int8_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_phase_scores_every_variant_and_summarizes(tmp_path):
+    study = load_script()
+    # the BN-folded twin gets a planted 50x channel spread, like BN folding makes
+    for norm, scales in (("mimic", None), ("bn", np.array([50.0, 1.0, 1.0, 1.0]))):
+        directory = study.model_dir(tmp_path, "tiny", norm, 0)
+        directory.mkdir(parents=True)
+        make_tiny_resnet(directory / "model.onnx", channel_scales=scales)
+    rng = np.random.default_rng(0)
+    for name, n in (("calib", 128), ("test", 64)):
+        pixels = (random_images(n, seed=n) * 255).astype(np.uint8)
+        save_image_set(tmp_path / "data" / f"{name}.npz", pixels, rng.integers(0, 3, n), 1 / 255)
+
+    args = Namespace(archs=["tiny"], seeds=[0])
+    rows = study.evaluate_models(args, tmp_path)
+    assert [(r["norm"], r["seed"]) for r in rows] == [("mimic", 0), ("bn", 0)]
+    for row in rows:
+        assert set(row["int8"]) == {f"{g} {m}" for g in study.GRANULARITIES for m in study.METHODS}
+        assert all(0 <= value <= 1 for value in row["int8"].values())
+        assert set(row["plans"]) == {"per-tensor minmax", "per-tensor entropy"}
+    assert rows[1]["worst_spread"] > 10 * rows[0]["worst_spread"]
+    assert (tmp_path / "tiny" / "bn" / "seed0" / study.RESULT_FILE).is_file()  # the phase resumes from these
+
+    table = study.summarize(rows)
+    assert "| tiny | MimicNorm |" in table and "| tiny | BN-folded |" in table
+    assert study.evaluate_models(args, tmp_path) == rows  # read back, not recomputed
