@@ -117,6 +117,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.stages import CalibrateOptions, calibrate_stage
 
+    if args.max_top1_drop is not None and not 0 <= args.max_top1_drop <= 100:
+        raise UserError(f"--max-top1-drop {args.max_top1_drop} is not in [0, 100] percentage points; pass e.g. 0.5")
     options = CalibrateOptions(
         per_channel=args.per_channel, target=args.target, method=args.method, percentile=args.percentile,
         batch_size=args.batch_size, holdout=args.holdout, high_precision=args.high_precision,

@@ -139,3 +139,15 @@ def test_cli_gated_calibration_prints_the_plan_and_the_report(workdir, capsys):
     assert [line for line in stderr if line.startswith("error: ")] == stderr[-1:]
     assert stderr[-1].startswith("error: no precision plan passes the gate") and "relax the gate" in stderr[-1]
     assert not any(p.name.startswith("x.") for p in tmp.iterdir())
+
+
+def test_cli_top1_drop_is_in_percentage_points(workdir, capsys):
+    from mimicnorm_deploy.cli import main
+
+    tmp, model, calib = workdir
+    assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(tmp / "q.onnx"),
+                 "--max-top1-drop", "150"]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        "error: --max-top1-drop 150.0 is not in [0, 100] percentage points; pass e.g. 0.5"
+    )
+    assert not (tmp / "q.onnx").exists()
