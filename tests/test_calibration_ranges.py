@@ -11,7 +11,7 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibra
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.data import ArrayCalibrationReader
-from calibration.ranges import ActivationRanges, calibrate_ranges, images_sha256
+from calibration.ranges import ActivationRanges, calibrate_ranges, images_sha256, pixel_tensors
 from engines.errors import UserError
 
 TINY_TENSORS = {"images", "x_scaled", "x_norm", "c1", "r1", "c2", "res", "r2", "pooled", "flat", "logits"}
@@ -165,3 +165,34 @@ def test_save_load_round_trip_and_stale_model(tiny, images, tmp_path):
 def test_bad_arguments_raise_user_error(tiny, images, method, percentile, batch_size, message):
     with pytest.raises(UserError, match=message):
         calibrate_ranges(tiny, images, method, percentile=percentile, batch_size=batch_size)
+
+
+def background_images(n: int = 64) -> np.ndarray:
+    """Mostly one grey background (0.3) with 30 % bright pixels: a spike plus a tail, like Fashion-MNIST."""
+    rng = np.random.default_rng(0)
+    images = np.full((n, 1, 8, 8), 0.3, np.float32)
+    bright = rng.random(images.shape) < 0.3
+    images[bright] = rng.uniform(0.6, 1.0, bright.sum())
+    return images
+
+
+def test_pixel_tensors_are_the_input_and_its_normalization(tiny):
+    assert pixel_tensors(onnx.load(tiny)) == ["images", "x_scaled", "x_norm"]
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse", "entropy"])
+def test_input_pixels_are_never_clipped(tiny, method):
+    ranges = calibrate_ranges(tiny, background_images(), method)
+    assert ranges.unclipped_inputs == ["images", "x_scaled", "x_norm"]
+    for name in ranges.unclipped_inputs:
+        assert ranges.amax[name] == ranges.max_abs[name], name
+
+
+def test_entropy_on_the_input_clips_every_pixel_brighter_than_the_background(tiny):
+    """What the rule prevents: EntropyCalibration2 on the raw input settles on the background spike."""
+    plain = calibrate_ranges(tiny, background_images(), "entropy", clip_input=True)
+    assert plain.unclipped_inputs == []
+    assert plain.amax["images"] == pytest.approx(0.3, abs=0.01)  # every bright pixel (0.6-1.0) clipped
+    assert plain.amax["x_norm"] < 0.5 * plain.max_abs["x_norm"]
+    minmax = calibrate_ranges(tiny, background_images(), "minmax")
+    assert minmax.unclipped_inputs == []  # nothing to spare: MinMax never clips

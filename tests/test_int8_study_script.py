@@ -35,7 +35,8 @@ def test_evaluate_phase_scores_every_variant_and_summarizes(tmp_path):
     rows = study.evaluate_models(args, tmp_path)
     assert [(r["norm"], r["seed"]) for r in rows] == [("mimic", 0), ("bn", 0)]
     for row in rows:
-        assert set(row["int8"]) == {f"{g} {m}" for g in study.GRANULARITIES for m in study.METHODS}
+        assert set(row["int8"]) == {f"{g} {m}" for g in study.GRANULARITIES for m in study.METHODS} | {
+            study.CLIPPED_INPUT}
         assert all(0 <= value <= 1 for value in row["int8"].values())
         assert set(row["plans"]) == {"per-tensor minmax", "per-tensor entropy"}
     assert rows[1]["worst_spread"] > 10 * rows[0]["worst_spread"]
