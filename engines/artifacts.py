@@ -40,10 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        # mkstemp creates 0600 files; artifacts get the permissions any other new file would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -62,11 +59,17 @@ def staged_files(directory: str | os.PathLike) -> Iterator[Path]:
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".staged.", dir=target) as staging:
         yield Path(staging)
-        umask = os.umask(0)
-        os.umask(umask)
+        mode = _new_file_mode()
         for staged in sorted(Path(staging).iterdir()):
-            os.chmod(staged, 0o666 & ~umask)
+            os.chmod(staged, mode)
             os.replace(staged, target / staged.name)
+
+
+def _new_file_mode() -> int:
+    """The permissions any new file would get: temporary files are created 0600, artifacts are not."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

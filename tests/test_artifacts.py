@@ -12,6 +12,7 @@ from engines.artifacts import (
     read_json,
     record_artifact,
     save_image_set,
+    staged_files,
     verify_artifact,
     write_json,
 )
@@ -25,6 +26,25 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_files_appear_together_or_not_at_all(tmp_path):
+    import os
+
+    (tmp_path / "keep.txt").write_text("before")
+    with pytest.raises(RuntimeError):
+        with staged_files(tmp_path) as staging:
+            (staging / "a.onnx").write_bytes(b"model")
+            raise RuntimeError("the second file failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+    with staged_files(tmp_path) as staging:
+        (staging / "a.onnx").write_bytes(b"model")
+        (staging / "a.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.onnx", "keep.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.onnx").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_versioned_json_round_trip_and_refusals(tmp_path):
