@@ -76,11 +76,12 @@ def measure_quality(
     layers = quantizable_layers(model)
     spreads = {s.node: s.spread for s in weight_range_spread(model)}
     fp32_outputs = [node.output[0] for node in layers]
-    calibrated_outputs = _layer_outputs(onnx.load(str(calibrated_model)), [node.name for node in layers])
+    calibrated = onnx.load(str(calibrated_model))
+    calibrated_outputs = _layer_outputs(calibrated, [node.name for node in layers])
 
     reference = _Probe(model, fp32_outputs, simulate=True)
-    simulated = _Probe(onnx.load(str(calibrated_model)), calibrated_outputs, simulate=True)
-    kernel_run = _Probe(onnx.load(str(calibrated_model)), [], simulate=False) if kernels else None
+    simulated = _Probe(calibrated, calibrated_outputs, simulate=True)
+    kernel_run = _Probe(calibrated, [], simulate=False) if kernels else None
     signal = np.zeros(len(layers))
     noise = np.zeros(len(layers))
     logits = {"fp32": [], "simulated": [], "kernels": []}
@@ -132,6 +133,7 @@ class _Probe:
 
     def __init__(self, model: onnx.ModelProto, extra_outputs: list[str], *, simulate: bool) -> None:
         graph_outputs = [output.name for output in model.graph.output]
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
         model.graph.output.extend(
             onnx.ValueInfoProto(name=name) for name in extra_outputs if name not in graph_outputs
         )
