@@ -77,7 +77,7 @@ RESULT_SCHEMA = ("mimicnorm-deploy/int8-study-model", 1)
 STUDY_SCHEMA = ("mimicnorm-deploy/int8-study", 1)
 
 
-def simulated_logits(model_path: str | Path, images, *, kernels: bool = False):
+def ort_logits(model_path: str | Path, images, *, kernels: bool = False):
     """Logits from ONNX Runtime: Q/DQ simulated in float, or (kernels) fused into its CPU INT8 kernels."""
     import numpy as np
     import onnxruntime as ort
@@ -94,9 +94,11 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
     """Every INT8 variant of one exported model, scored on the test split."""
     import tempfile
 
+    import onnx
     from onnxruntime.quantization import quantize_static
 
     from calibration.data import ArrayCalibrationReader
+    from calibration.inputs import image_input
     from calibration.metrics import accuracy, weight_range_spread, worst_spread
     from calibration.plan import Gate, plan_precision, write_mixed_model
     from calibration.quantize import write_qdq_model
@@ -106,7 +108,7 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
     model = directory / "model.onnx"
     test_images, test_labels = data["test"]
     encoding = encoding_for("tensorrt")
-    fp32 = accuracy(simulated_logits(model, test_images), test_labels)
+    fp32 = accuracy(ort_logits(model, test_images), test_labels)
     spreads = weight_range_spread(model)
     worst = worst_spread(spreads)
     result = {"fp32": fp32, "worst_spread": worst.spread, "worst_spread_layer": worst.node,
@@ -120,7 +122,7 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
             for granularity in GRANULARITIES:
                 path = Path(tmp) / f"{method}-{granularity}.onnx"
                 write_qdq_model(model, ranges, path, per_channel=granularity == "per-channel", **encoding.qdq_options)
-                score = accuracy(simulated_logits(path, test_images), test_labels)
+                score = accuracy(ort_logits(path, test_images), test_labels)
                 result["int8"][f"{granularity} {method}"] = score
                 say(f"INT8 {granularity} {method}: {100 * score:.2f}%")
         # TensorRT's own calibrator applies entropy to the network input too; the toolkit never
@@ -128,14 +130,15 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
         plain = calibrate_ranges(model, data["ranges"], "entropy", clip_input=True)
         path = Path(tmp) / "entropy-clipped-input.onnx"
         write_qdq_model(model, plain, path, **encoding.qdq_options)
-        result["int8"][CLIPPED_INPUT] = score = accuracy(simulated_logits(path, test_images), test_labels)
+        result["int8"][CLIPPED_INPUT] = score = accuracy(ort_logits(path, test_images), test_labels)
         say(f"INT8 {CLIPPED_INPUT}: {100 * score:.2f}%")
         # The baseline a user reaches for: quantize_static with every default (per-tensor, MinMax,
         # asymmetric activations), run by ONNX Runtime's own CPU kernels and simulated.
         default = Path(tmp) / "ort-default.onnx"
-        quantize_static(str(model), str(default), ArrayCalibrationReader(data["ranges"], "images", 32))
-        result["ort_default_kernels"] = accuracy(simulated_logits(default, test_images, kernels=True), test_labels)
-        result["ort_default_simulated"] = accuracy(simulated_logits(default, test_images), test_labels)
+        input_name = image_input(onnx.load(str(model)), model)[0]
+        quantize_static(str(model), str(default), ArrayCalibrationReader(data["ranges"], input_name, 32))
+        result["ort_default_kernels"] = accuracy(ort_logits(default, test_images, kernels=True), test_labels)
+        result["ort_default_simulated"] = accuracy(ort_logits(default, test_images), test_labels)
         say(f"ORT quantize_static defaults: {100 * result['ort_default_kernels']:.2f}% (kernels), "
             f"{100 * result['ort_default_simulated']:.2f}% (simulated)")  # fmt: skip
         # Gated plans for the per-tensor settings that can collapse: FP16 for what must move.
@@ -148,7 +151,7 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
                                       holdout_labels=holdout_labels, **encoding.qdq_options, high_precision="fp16")
                 mixed = Path(tmp) / "plan.onnx"
                 write_mixed_model(model, plan, ranges_by_method[method], mixed)
-                result["plans"][key] = {"accuracy": accuracy(simulated_logits(mixed, test_images), test_labels),
+                result["plans"][key] = {"accuracy": accuracy(ort_logits(mixed, test_images), test_labels),
                                         "layers": len(plan.layers), "moved": [m.node for m in plan.moved]}
                 say(f"gated plan, {key}: {len(plan.moved)}/{len(plan.layers)} layers to FP16 "
                     f"({', '.join(m.node for m in plan.moved)}), {100 * result['plans'][key]['accuracy']:.2f}%")
