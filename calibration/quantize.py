@@ -14,8 +14,9 @@ Where the Q/DQ pairs go depends on who runs the model (PLACEMENTS):
   (an Add of two activations), nothing on any output. That is the pattern TensorRT fuses: it
   carries a scale across Relu and pooling itself, and fuses a residual Add into the Conv before it
   only with Q/DQ on both of the Add's inputs (REFERENCE.md section 4).
-- "onnxruntime": ORT's own placement, Q/DQ on the inputs and outputs of every op it knows, which
-  its CPU kernels need to fuse DQ -> op -> Q node units into QLinearConv and friends. Two ORT rules
+- "onnxruntime": ORT's own placement, Q/DQ on the inputs and outputs of every op it knows, the
+  DQ -> op -> Q node units its CPU kernels fuse into QLinearConv and friends (with uint8
+  activations ORT fuses the tensorrt placement as well: docs/BENCHMARKS.md section 4.1). Two ORT rules
   change which range a tensor gets there: the input of a Relu/Clip takes the Relu's output range,
   and the output of a value-preserving op (Flatten, Reshape, MaxPool, ...) takes its input's range.
 """
