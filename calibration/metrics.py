@@ -16,8 +16,11 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     test = np.asarray(test, dtype=np.float64)
     if reference.shape != test.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, test {test.shape}")
-    noise = float(np.sum((reference - test) ** 2))
-    signal = float(np.sum(reference**2))
+    return sqnr_from_sums(float(np.sum(reference**2)), float(np.sum((reference - test) ** 2)))
+
+
+def sqnr_from_sums(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) from sums of squares accumulated elsewhere (e.g. batch by batch)."""
     if noise == 0.0:
         return float("inf")
     if signal == 0.0:

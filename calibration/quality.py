@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from calibration.metrics import accuracy, sqnr_db, top1_agreement, weight_range_spread
+from calibration.metrics import accuracy, sqnr_db, sqnr_from_sums, top1_agreement, weight_range_spread
 from calibration.qdq import quantizable_layers
 from engines.artifacts import atomic_path, atomic_write_text
 
@@ -114,7 +114,7 @@ def measure_quality(
                 op_type=node.op_type,
                 precision="int8" if precisions is None else precisions[node.name],
                 weight_spread=spreads.get(node.name),
-                output_sqnr_db=_sqnr_from_sums(signal[i], noise[i]),
+                output_sqnr_db=sqnr_from_sums(signal[i], noise[i]),
                 sensitivity_sqnr_db=(sensitivity or {}).get(node.name),
             )
             for i, node in enumerate(layers)
@@ -153,14 +153,6 @@ def _layer_outputs(model: onnx.ModelProto, node_names: list[str]) -> list[str]:
     quantization and FP16 conversion; a renamed graph output is followed to its new name)."""
     by_name = {node.name: node for node in model.graph.node}
     return [by_name[name].output[0] for name in node_names]
-
-
-def _sqnr_from_sums(signal: float, noise: float) -> float:
-    if noise == 0.0:
-        return float("inf")
-    if signal == 0.0:
-        return float("-inf")
-    return 10.0 * float(np.log10(signal / noise))
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -38,6 +38,7 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCalib
 
 from calibration.data import ArrayCalibrationReader, ProgressCallback
 from calibration.inputs import calibration_batch_images, image_input, load_fp32_model
+from calibration.qdq import constant_tensors
 from calibration.thresholds import NUM_BINS, AbsHistogram, abs_histogram, entropy_amax, mse_amax, percentile_amax
 from engines.artifacts import read_json, sha256_file, write_json
 from engines.errors import UserError
@@ -163,8 +164,7 @@ def calibrate_ranges(
 def pixel_tensors(model: onnx.ModelProto) -> list[str]:
     """The graph inputs and every tensor computed from them only by Mul/Add/Sub/Div with constants
     (an input normalization), in graph order."""
-    constants = {init.name for init in model.graph.initializer}
-    constants |= {node.output[0] for node in model.graph.node if node.op_type == "Constant"}
+    constants = set(constant_tensors(model))
     pixels = [i.name for i in model.graph.input if i.name not in constants]
     for node in model.graph.node:
         if node.op_type not in PIXEL_PRESERVING_OPS or len(node.input) != 2:
