@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engines.cpu import CpuFeatures, cpu_features, needs_reduce_range
-from engines.errors import UserError
-
-TARGETS = ("ort-cpu", "tensorrt")
+from engines.targets import get_target
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,8 @@ class TargetEncoding:
 
 
 def encoding_for(target: str, features: CpuFeatures | None = None) -> TargetEncoding:
-    """The INT8 encoding for `target`; `features` describes the CPU an ort-cpu model will run on
+    """The INT8 encoding for `target` (a name in engines.targets.TARGETS); `features` describes the
+    CPU a `cpu` target's model will run on
     (default: this machine's, since ONNX Runtime models are calibrated where they run).
 
     TensorRT: symmetric int8 everywhere (its requirement), full 8-bit weights, Q/DQ where TensorRT
@@ -39,10 +38,9 @@ def encoding_for(target: str, features: CpuFeatures | None = None) -> TargetEnco
     REFERENCE.md section 3), ONNX Runtime's own Q/DQ placement (its kernels fuse DQ -> op -> Q),
     FP32 for the layers a plan keeps out of INT8.
     """
-    if target not in TARGETS:
-        raise UserError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-    if target == "tensorrt":
-        return TargetEncoding(target, "int8-symmetric", False, "tensorrt", "fp16")
+    spec = get_target(target)
+    if spec.int8_encoding == "tensorrt":
+        return TargetEncoding(target, "int8-symmetric", False, "tensorrt", spec.high_precision)
     features = features or cpu_features()
     activations = "uint8" if features.is_x86 else "int8-symmetric"
-    return TargetEncoding(target, activations, needs_reduce_range(features), "onnxruntime", "fp32")
+    return TargetEncoding(target, activations, needs_reduce_range(features), "onnxruntime", spec.high_precision)

@@ -7,10 +7,12 @@ rest (calibrate, build, bench, report) work on a machine with only the base inst
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
 from engines.errors import UserError
+from engines.targets import DEFAULT_TARGET, TARGETS
 
 
 def _progress(message: str) -> None:
@@ -18,17 +20,20 @@ def _progress(message: str) -> None:
 
 
 def _needs_torch() -> None:
+    # find_spec, not import: torch may only be imported under mimicnorm_deploy/training/.
     try:
-        import torch  # noqa: F401
+        found = importlib.util.find_spec("torch") is not None
     except ImportError:
+        found = False
+    if not found:
         raise UserError(
             "this command needs PyTorch: pip install 'mimicnorm-deploy[train]' (CPU build: pip install torch==2.13.0)"
-        ) from None
+        )
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
     _needs_torch()
-    from mimicnorm_deploy.models.describe import describe_models
+    from mimicnorm_deploy.training.models.describe import describe_models
 
     rows = describe_models(args.input_size, args.in_chans, args.num_classes, norm=args.norm, stem=args.stem)
     shape = f"{args.input_size}x{args.input_size}x{args.in_chans}"
@@ -39,8 +44,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 def _cmd_prepare_data(args: argparse.Namespace) -> None:
     _needs_torch()
-    from mimicnorm_deploy.data import load_dataset
     from mimicnorm_deploy.stages import prepare_data
+    from mimicnorm_deploy.training.data import load_dataset
 
     data = prepare_data(load_dataset(args.dataset, args.data_dir, image_size=args.image_size), args.out,
                         calibration_count=args.calibration_count, seed=args.seed)  # fmt: skip
@@ -49,9 +54,9 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     _needs_torch()
-    from mimicnorm_deploy.data import load_dataset
     from mimicnorm_deploy.stages import train_stage
-    from mimicnorm_deploy.train import TrainConfig
+    from mimicnorm_deploy.training.data import load_dataset
+    from mimicnorm_deploy.training.train import TrainConfig
 
     config = TrainConfig(
         arch=args.arch, norm=args.norm, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -62,7 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
         amp=args.amp, grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, sync_bn=args.sync_bn,
     )  # fmt: skip
-    from mimicnorm_deploy.models import create_model
+    from mimicnorm_deploy.training.models import create_model
 
     create_model(args.arch, norm=args.norm, stem=args.stem)  # fail fast on an unknown name, before loading data
     dataset = load_dataset(args.dataset, args.data_dir, image_size=args.image_size)
@@ -73,8 +78,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_profile_memory(args: argparse.Namespace) -> None:
     _needs_torch()
     from engines.artifacts import write_json
-    from mimicnorm_deploy.memory import compare_memory
     from mimicnorm_deploy.schemas import MEMORY_PROFILE
+    from mimicnorm_deploy.training.memory import compare_memory
 
     norms = tuple(args.norms.split(","))
     if len(norms) != 2:
@@ -300,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .onnx (beside it: .json record, .quality.md/.png, "
                    ".ranges.json, and .plan.json when gated)")  # fmt: skip
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
-    p.add_argument("--target", default="ort-cpu", help="ort-cpu (this machine's CPU: ONNX Runtime's encoding) or "
-                   "tensorrt (symmetric int8, full 8-bit weights, TensorRT's Q/DQ placement)")  # fmt: skip
+    p.add_argument("--target", default=DEFAULT_TARGET, choices=list(TARGETS), metavar="TARGET",
+                   help="where the model will run (default cpu: this machine's CPU with ONNX Runtime's encoding; "
+                   "desktop-gpu and jetson-*: TensorRT's symmetric int8, full 8-bit weights and Q/DQ placement); "
+                   "`mimicnorm-deploy targets` lists them")  # fmt: skip
     p.add_argument("--method", default="minmax", help="activation ranges: minmax, percentile, mse or entropy "
                    "(TensorRT's EntropyCalibration2 algorithm)")  # fmt: skip
     p.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
@@ -313,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--holdout", type=int, metavar="N", help="the last N calibration images measure the gate and "
                       "are not used for ranges (default: a quarter of the set when gated)")  # fmt: skip
     gate.add_argument("--high-precision", choices=["fp16", "fp32"],
-                      help="type of the layers moved out of INT8 (default: fp16 for tensorrt, fp32 for ort-cpu)")
+                      help="type of the layers moved out of INT8 (default: fp16 for TensorRT targets, fp32 for cpu)")
     extra = p.add_argument_group("more artifacts from the same ranges")
     extra.add_argument("--trt-cache", help="TensorRT 10 calibration cache (same directory as --out)")
     extra.add_argument("--fp16", help="pure FP16 ONNX model, refused if a constant or activation overflows FP16 "

@@ -42,9 +42,9 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
-    from mimicnorm_deploy.data import load_dataset
     from mimicnorm_deploy.report import write_report
-    from mimicnorm_deploy.train import TrainConfig
+    from mimicnorm_deploy.training.data import load_dataset
+    from mimicnorm_deploy.training.train import TrainConfig
 
     started = time.perf_counter()
     layout = RunLayout(Path(config.out))
@@ -72,7 +72,7 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
             encoding = record["encoding"]
             progress(f"[{norm}] calibrated {variant} for this CPU ({encoding['activations']} activations, "
                      f"reduce_range={encoding['reduce_range']})")  # fmt: skip
-        tensorrt = CalibrateOptions(per_channel=True, target="tensorrt", trt_cache=str(layout.tensorrt_cache(norm)),
+        tensorrt = CalibrateOptions(per_channel=True, target="desktop-gpu", trt_cache=str(layout.tensorrt_cache(norm)),
                                     fp16=str(layout.onnx(norm, "fp16")), eval_set=str(layout.test_set))  # fmt: skip
         calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, TENSORRT_VARIANT), tensorrt)
         progress(f"[{norm}] TensorRT artifacts: {layout.onnx(norm, TENSORRT_VARIANT)} (TensorRT 11 Q/DQ), "

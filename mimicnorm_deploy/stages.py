@@ -25,6 +25,7 @@ from engines.artifacts import (
     write_json,
 )
 from engines.errors import UserError
+from engines.targets import DEFAULT_TARGET, get_target
 from mimicnorm_deploy.schemas import BENCH, CALIBRATION
 
 Progress = Callable[[str], None]
@@ -54,7 +55,7 @@ class PreparedData:
 
 def prepare_data(dataset, out_dir: str | os.PathLike, *, calibration_count: int = 512, seed: int = 0) -> PreparedData:
     """Write the deterministic calibration sample (training split) and the labelled test split."""
-    from mimicnorm_deploy.data import calibration_indices
+    from mimicnorm_deploy.training.data import calibration_indices
 
     out = Path(out_dir)
     index = calibration_indices(len(dataset.train_images), calibration_count, seed)
@@ -72,8 +73,14 @@ def prepare_data(dataset, out_dir: str | os.PathLike, *, calibration_count: int 
 def train_stage(config, dataset, out_dir: str | os.PathLike, progress: Progress = print, resume: bool = False):
     """Train (or, with `resume`, continue the interrupted run in `out_dir`); under torchrun only
     rank 0 records the artifacts, as only rank 0 writes them."""
-    from mimicnorm_deploy.distributed import is_main_process
-    from mimicnorm_deploy.train import CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE, TRAIN_STATE_FILE, train
+    from mimicnorm_deploy.training.distributed import is_main_process
+    from mimicnorm_deploy.training.train import (
+        CHECKPOINT_FILE,
+        METRICS_FILE,
+        TRAIN_REPORT_FILE,
+        TRAIN_STATE_FILE,
+        train,
+    )
 
     result = train(config, dataset, out_dir, progress, resume_from=out_dir if resume else None)
     if is_main_process():
@@ -83,13 +90,11 @@ def train_stage(config, dataset, out_dir: str | os.PathLike, progress: Progress 
 
 
 def freeze_stage(checkpoint: str | os.PathLike, out_path: str | os.PathLike, check_images: str | None = None):
-    import torch
-
-    from mimicnorm_deploy.freeze import freeze_checkpoint
+    from mimicnorm_deploy.training.freeze import freeze_checkpoint
 
     images = None
     if check_images is not None:
-        images = torch.from_numpy(load_image_set(_verified(check_images))[0][:256])
+        images = load_image_set(_verified(check_images))[0][:256]
     report = freeze_checkpoint(_verified(checkpoint), out_path, images)
     inputs = [checkpoint] + ([check_images] if check_images else [])
     _record(out_path, "freeze", inputs, {"equivalence": asdict(report)})
@@ -97,7 +102,7 @@ def freeze_stage(checkpoint: str | os.PathLike, out_path: str | os.PathLike, che
 
 
 def export_stage(frozen: str | os.PathLike, out_path: str | os.PathLike):
-    from mimicnorm_deploy.export import export_onnx
+    from mimicnorm_deploy.training.export import export_onnx
 
     report = export_onnx(_verified(frozen), out_path)
     _record(out_path, "export", [frozen], asdict(report))
@@ -112,7 +117,7 @@ class CalibrateOptions:
     """What `calibrate` makes of an FP32 model; see calibrate_stage."""
 
     per_channel: bool = False
-    target: str = "ort-cpu"  # calibration.targets.TARGETS
+    target: str = DEFAULT_TARGET  # a name in engines.targets.TARGETS
     method: str = "minmax"  # calibration.ranges.METHODS
     percentile: float | None = None  # for method "percentile" (default 99.99)
     batch_size: int = 32
@@ -212,7 +217,7 @@ def calibrate_stage(
             model, staged, quality_images, quality_labels, image_set=image_set,
             precisions=plan.layers if plan else None,
             sensitivity={s.node: s.logits_sqnr_db for s in plan.sensitivity} if plan else None,
-            kernels="onnxruntime-cpu" if options.target == "ort-cpu" else None,
+            kernels="onnxruntime-cpu" if get_target(options.target).backend == "onnxruntime" else None,
         )  # fmt: skip
         write_quality_markdown(quality, title, staging / out.with_suffix(".quality.md").name)
         render_quality_plot(quality, title, staging / out.with_suffix(".quality.png").name)

@@ -41,9 +41,9 @@ def model_dir(out: Path, arch: str, norm: str, seed: int) -> Path:
 
 
 def train_models(args: argparse.Namespace, out: Path) -> None:
-    from mimicnorm_deploy.data import load_dataset
     from mimicnorm_deploy.stages import export_stage, freeze_stage, prepare_data, train_stage
-    from mimicnorm_deploy.train import TrainConfig
+    from mimicnorm_deploy.training.data import load_dataset
+    from mimicnorm_deploy.training.train import TrainConfig
 
     dataset = load_dataset("fashion-mnist", args.data_dir)
     data_dir = out / "data"
@@ -107,7 +107,7 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
 
     model = directory / "model.onnx"
     test_images, test_labels = data["test"]
-    encoding = encoding_for("tensorrt")
+    encoding = encoding_for("desktop-gpu")
     fp32 = accuracy(ort_logits(model, test_images), test_labels)
     spreads = weight_range_spread(model)
     worst = worst_spread(spreads)

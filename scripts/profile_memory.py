@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mimicnorm_deploy.memory import compare_memory
+from mimicnorm_deploy.training.memory import compare_memory
 
 # Published CIFAR-100 memory change BN -> MimicNorm (REFERENCE.md section 1; nvidia-smi, batch 256).
 PAPER = {"vgg11": -4.0, "vgg16": -6.8, "resnet18": -6.5, "resnet50": -11.7, "squeezenet1_1": -27.0,

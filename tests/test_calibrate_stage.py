@@ -66,7 +66,7 @@ def test_gated_tensorrt_run_holds_out_the_last_quarter(workdir):
     tmp, model, calib = workdir
     out = tmp / "model.mixed.onnx"
     eval_set = image_set(tmp / "eval.npz", model, n=64, seed=7)
-    options = CalibrateOptions(target="tensorrt", min_logits_sqnr_db=20.0, trt_cache=str(tmp / "model.calib"),
+    options = CalibrateOptions(target="desktop-gpu", min_logits_sqnr_db=20.0, trt_cache=str(tmp / "model.calib"),
                                fp16=str(tmp / "model.fp16.onnx"), eval_set=str(eval_set))  # fmt: skip
     record = calibrate_stage(model, calib, out, options)
 
@@ -92,7 +92,7 @@ def test_gated_tensorrt_run_holds_out_the_last_quarter(workdir):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (CalibrateOptions(min_logits_sqnr_db=500.0, target="tensorrt"), "no precision plan passes the gate"),
+        (CalibrateOptions(min_logits_sqnr_db=500.0, target="desktop-gpu"), "no precision plan passes the gate"),
         (CalibrateOptions(max_top1_drop=0.01, holdout=0), "pass --holdout N"),
         (CalibrateOptions(holdout=N_IMAGES), "leaves no calibration images"),
         (CalibrateOptions(batch_size=N_IMAGES + 1), "fewer than one batch"),
@@ -123,7 +123,7 @@ def test_cli_gated_calibration_prints_the_plan_and_the_report(workdir, capsys):
 
     tmp, model, calib = workdir
     out = tmp / "model.mixed.onnx"
-    assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(out), "--target", "tensorrt",
+    assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(out), "--target", "desktop-gpu",
                  "--max-top1-drop", "5", "--holdout", "32", "--high-precision", "fp32", "--fp16",
                  str(tmp / "model.fp16.onnx"), "--fp16-io", "fp16"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_cli_gated_calibration_prints_the_plan_and_the_report(workdir, capsys):
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # --fp16-io fp16
 
     assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(tmp / "x.onnx"),
-                 "--min-logits-sqnr", "500", "--target", "tensorrt"]) == 2  # fmt: skip
+                 "--min-logits-sqnr", "500", "--target", "desktop-gpu"]) == 2  # fmt: skip
     stderr = capsys.readouterr().err.strip().splitlines()  # progress lines, then the one error line
     assert [line for line in stderr if line.startswith("error: ")] == stderr[-1:]
     assert stderr[-1].startswith("error: no precision plan passes the gate") and "relax the gate" in stderr[-1]

@@ -378,7 +378,7 @@ def test_uint8_activations_for_onnx_runtime_on_x86(tmp_path):
 
     model = make_tiny_resnet(tmp_path / "m.onnx")
     images = random_images(64)
-    # reduce_range: 7-bit weights, as the ort-cpu target uses on x86 without VNNI (where this test
+    # reduce_range: 7-bit weights, as the cpu target uses on x86 without VNNI (where this test
     # may run); with full 8-bit weights ORT's fused kernels saturate there.
     ort_cpu = {"per_channel": True, "reduce_range": True, "placement": "onnxruntime"}
     uint8 = quantize_int8(model, images, tmp_path / "u8.onnx", QuantizeConfig(**ort_cpu, activations="uint8"))

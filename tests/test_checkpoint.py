@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
-from mimicnorm_deploy.models import create_model  # noqa: E402
+from mimicnorm_deploy.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
+from mimicnorm_deploy.training.models import create_model  # noqa: E402
 
 
 def _meta(**overrides):

@@ -147,7 +147,7 @@ def test_jetson_side_runs_without_torch(demo_run, tmp_path):
     q = tmp_path / "q.onnx"
     steps = [
         ("calibrate", str(demo_run.onnx("bn")), "--calib", str(demo_run.calibration_set), "--out", str(q),
-         "--per-channel", "--target", "tensorrt"),
+         "--per-channel", "--target", "desktop-gpu"),
         ("build", str(q), "--out", str(tmp_path / "engine"), "--precision", "int8"),
         ("bench", str(tmp_path / "engine"), "--out", str(tmp_path / "bench.json"), "--eval", str(demo_run.test_set),
          "--reference", str(demo_run.engine("bn", "fp32")), "--duration", "0.05"),

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.data import (  # noqa: E402
+from mimicnorm_deploy.training.data import (  # noqa: E402
     FASHION_MNIST_FILES,
     augment_batch,
     calibration_indices,
@@ -75,7 +75,7 @@ def test_augmentation_is_a_shifted_possibly_flipped_copy():
 
 
 def test_resized_crop_of_the_whole_image_without_flip_is_the_image():
-    from mimicnorm_deploy.data import random_resized_crop_batch
+    from mimicnorm_deploy.training.data import random_resized_crop_batch
 
     images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = random_resized_crop_batch(images, torch.Generator().manual_seed(1), scale=(1.0, 1.0), ratio=(1.0, 1.0))
@@ -86,7 +86,7 @@ def test_resized_crop_of_the_whole_image_without_flip_is_the_image():
 
 
 def test_resized_crop_zooms_into_part_of_the_image():
-    from mimicnorm_deploy.data import random_resized_crop_batch
+    from mimicnorm_deploy.training.data import random_resized_crop_batch
 
     # Left half 0, right half 255: a crop of a quarter of the area sees mostly one side or a boundary.
     images = torch.zeros(64, 1, 16, 16, dtype=torch.uint8)

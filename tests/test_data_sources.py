@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engines.errors import UserError
-from mimicnorm_deploy.data import load_cifar, load_dataset
+from mimicnorm_deploy.training.data import load_cifar, load_dataset
 
 PIL = pytest.importorskip("PIL")
 
@@ -142,7 +142,7 @@ def test_empty_or_broken_image_folders_are_clear_errors(tmp_path):
 
 def test_channel_stats_match_the_float_computation():
     rng = np.random.default_rng(1)
-    from mimicnorm_deploy.data import Dataset
+    from mimicnorm_deploy.training.data import Dataset
 
     images = rng.integers(0, 256, (50, 3, 5, 5), dtype=np.uint8)
     dataset = Dataset("x", images, np.zeros(50, np.int64), images[:2], np.zeros(2, np.int64), ["a"])

@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
-from mimicnorm_deploy.export import export_onnx  # noqa: E402
-from mimicnorm_deploy.freeze import freeze_checkpoint  # noqa: E402
+from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
+from mimicnorm_deploy.training.export import export_onnx  # noqa: E402
+from mimicnorm_deploy.training.freeze import freeze_checkpoint  # noqa: E402
 
 
 @pytest.mark.parametrize("norm", ["mimic", "bn"])

@@ -7,9 +7,9 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.checkpoint import CheckpointMeta  # noqa: E402
-from mimicnorm_deploy.freeze import fold_batchnorm, fold_scalar, freeze_model  # noqa: E402
-from mimicnorm_deploy.models import create_model  # noqa: E402
+from mimicnorm_deploy.training.checkpoint import CheckpointMeta  # noqa: E402
+from mimicnorm_deploy.training.freeze import fold_batchnorm, fold_scalar, freeze_model  # noqa: E402
+from mimicnorm_deploy.training.models import create_model  # noqa: E402
 
 
 def _meta(arch: str, norm: str, size: int = 16) -> CheckpointMeta:
@@ -86,7 +86,7 @@ def test_freeze_refuses_uncentred_mimic_weights():
 
 def test_freeze_refuses_a_wrong_fold(monkeypatch):
     # A folding rule that forgot the residual scalar must be caught by the equivalence check.
-    import mimicnorm_deploy.freeze as freeze
+    import mimicnorm_deploy.training.freeze as freeze
 
     monkeypatch.setattr(freeze, "fold_scalar", lambda w, b, s: (w, b))
     model = create_model("resnet20", norm="mimic").eval()

@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.layers import ResidualScalar, attach_weight_centring, centred_convs  # noqa: E402
-from mimicnorm_deploy.models import create_model  # noqa: E402
+from mimicnorm_deploy.training.layers import ResidualScalar, attach_weight_centring, centred_convs  # noqa: E402
+from mimicnorm_deploy.training.models import create_model  # noqa: E402
 
 
 def _channel_means(conv: nn.Conv2d) -> torch.Tensor:

@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 from test_freeze import _randomize_statistics  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mimicnorm_deploy.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
-from mimicnorm_deploy.export import export_onnx  # noqa: E402
-from mimicnorm_deploy.freeze import freeze_model  # noqa: E402
-from mimicnorm_deploy.layers import ResidualScalar, attach_weight_centring, centred_convs, param_groups  # noqa: E402
-from mimicnorm_deploy.models import create_model  # noqa: E402
+from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
+from mimicnorm_deploy.training.export import export_onnx  # noqa: E402
+from mimicnorm_deploy.training.freeze import freeze_model  # noqa: E402
+from mimicnorm_deploy.training.layers import ResidualScalar, attach_weight_centring, centred_convs, param_groups  # noqa: E402
+from mimicnorm_deploy.training.models import create_model  # noqa: E402
 
 # case: (arch, stem, input size). ResNet-18 at 16 px keeps its 2x2 last stage and the step cheap.
 CASES = {

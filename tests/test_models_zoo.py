@@ -10,10 +10,10 @@ from test_freeze import _randomize_statistics  # noqa: E402
 from torch import nn  # noqa: E402
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
-from mimicnorm_deploy.export import export_onnx  # noqa: E402
-from mimicnorm_deploy.freeze import freeze_model  # noqa: E402
-from mimicnorm_deploy.layers import (  # noqa: E402
+from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
+from mimicnorm_deploy.training.export import export_onnx  # noqa: E402
+from mimicnorm_deploy.training.freeze import freeze_model  # noqa: E402
+from mimicnorm_deploy.training.layers import (  # noqa: E402
     InputBatchNorm,
     InputNorm,
     ResidualScalar,
@@ -21,7 +21,7 @@ from mimicnorm_deploy.layers import (  # noqa: E402
     centred_convs,
     param_groups,
 )
-from mimicnorm_deploy.models import create_model, describe_models, list_models  # noqa: E402
+from mimicnorm_deploy.training.models import create_model, describe_models, list_models  # noqa: E402
 
 # torchvision's parameter counts (ImageNet stem, 3 channels, 1000 classes): the BN twins are the
 # standard architectures, and SqueezeNet 1.1 (no BN in torchvision) matches our plain `none`.

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mimicnorm_deploy.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
+from mimicnorm_deploy.training.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
 

@@ -6,9 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mimicnorm_deploy.data import make_synthetic  # noqa: E402
-from mimicnorm_deploy.models import create_model  # noqa: E402
-from mimicnorm_deploy.train import (  # noqa: E402
+from mimicnorm_deploy.training.data import make_synthetic  # noqa: E402
+from mimicnorm_deploy.training.models import create_model  # noqa: E402
+from mimicnorm_deploy.training.train import (  # noqa: E402
     TrainConfig,
     activation_bytes_saved_for_backward,
     lr_factor,

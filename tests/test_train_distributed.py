@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mimicnorm_deploy.data import make_synthetic  # noqa: E402
-from mimicnorm_deploy.train import TrainConfig, train  # noqa: E402
+from mimicnorm_deploy.training.data import make_synthetic  # noqa: E402
+from mimicnorm_deploy.training.train import TrainConfig, train  # noqa: E402
 
 # Each rank trains, then dumps a digest of its weights and buffers (and the `none` model's tensors,
 # to compare with a single-process run): torchrun runs this file once per rank.
@@ -21,9 +21,9 @@ WORKER = textwrap.dedent(
     import hashlib, json, os, sys
     import torch
     from safetensors.torch import save_file
-    from mimicnorm_deploy.data import make_synthetic
-    from mimicnorm_deploy.layers import centred_convs
-    from mimicnorm_deploy.train import Trainer, TrainConfig
+    from mimicnorm_deploy.training.data import make_synthetic
+    from mimicnorm_deploy.training.layers import centred_convs
+    from mimicnorm_deploy.training.train import Trainer, TrainConfig
 
     out, rank = sys.argv[1], int(os.environ["RANK"])
     for norm in ("mimic", "none"):
@@ -84,8 +84,8 @@ def test_two_gloo_ranks_train_identical_weights(tmp_path):
 
 def test_sharding_covers_each_global_batch_once_and_sync_bn_needs_cuda():
     from engines.errors import UserError
-    from mimicnorm_deploy import distributed
-    from mimicnorm_deploy.models import create_model
+    from mimicnorm_deploy.training import distributed
+    from mimicnorm_deploy.training.models import create_model
 
     batch = torch.arange(12)
     ranks = [distributed.DistContext(torch.device("cpu"), rank, 3) for rank in range(3)]

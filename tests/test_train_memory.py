@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.memory import compare_memory, profile_memory  # noqa: E402
+from mimicnorm_deploy.training.memory import compare_memory, profile_memory  # noqa: E402
 
 
 def test_mimicnorm_needs_less_training_memory_than_bn():

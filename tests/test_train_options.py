@@ -9,9 +9,9 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.data import make_synthetic  # noqa: E402
-from mimicnorm_deploy.layers import centred_convs  # noqa: E402
-from mimicnorm_deploy.train import TRAIN_STATE_FILE, TrainConfig, Trainer, train  # noqa: E402
+from mimicnorm_deploy.training.data import make_synthetic  # noqa: E402
+from mimicnorm_deploy.training.layers import centred_convs  # noqa: E402
+from mimicnorm_deploy.training.train import TRAIN_STATE_FILE, TrainConfig, Trainer, train  # noqa: E402
 
 QUIET = dict(progress=lambda _: None)
 
@@ -125,7 +125,7 @@ class _Exploit:
 
 
 def test_the_stem_is_trained_and_recorded_in_the_checkpoint(tmp_path):
-    from mimicnorm_deploy.checkpoint import load_checkpoint
+    from mimicnorm_deploy.training.checkpoint import load_checkpoint
 
     config = _tiny(arch="shufflenetv2_050", stem="imagenet", epochs=1, max_steps_per_epoch=1, batch_size=8)
     train(config, make_synthetic(32, image_size=32), tmp_path, **QUIET)

@@ -19,7 +19,7 @@ from torch import nn
 
 from engines.artifacts import atomic_path
 from engines.errors import UserError
-from mimicnorm_deploy.models import create_model
+from mimicnorm_deploy.training.models import create_model
 
 CHECKPOINT_SCHEMA = "mimicnorm-deploy/checkpoint"
 CHECKPOINT_VERSION = 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_, residual_scalar_init
-from mimicnorm_deploy.models.registry import register_model
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_, residual_scalar_init
+from mimicnorm_deploy.training.models.registry import register_model
 
 # MimicNorm's projection shortcut under the ImageNet stem is multiplied by a learnable scalar
 # initialised to 1.2 (the authors' ImageNet code; their CIFAR ResNets have none).

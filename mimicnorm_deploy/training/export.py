@@ -16,8 +16,8 @@ import torch
 
 from engines.artifacts import atomic_path
 from engines.errors import UserError
-from mimicnorm_deploy.checkpoint import load_checkpoint
-from mimicnorm_deploy.freeze import ATOL, RTOL, default_check_images
+from mimicnorm_deploy.training.checkpoint import load_checkpoint
+from mimicnorm_deploy.training.freeze import ATOL, RTOL, default_check_images
 
 # Opset 18 is what torch's exporter writes natively (asking for 17 triggers a version conversion
 # that fails on ReduceMean); TensorRT 10.x and ONNX Runtime both read it.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_
-from mimicnorm_deploy.models.registry import register_model
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_
+from mimicnorm_deploy.training.models.registry import register_model
 
 # (expansion t, output channels c, blocks n, stride s) per stage, as in the paper (ImageNet).
 _STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]

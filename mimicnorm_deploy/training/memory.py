@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from engines.errors import UserError
-from mimicnorm_deploy.distributed import resolve_device
-from mimicnorm_deploy.layers import attach_weight_centring, param_groups
-from mimicnorm_deploy.models import create_model
-from mimicnorm_deploy.train import AMP_DTYPES, activation_bytes_saved_for_backward, autocast
+from mimicnorm_deploy.training.distributed import resolve_device
+from mimicnorm_deploy.training.layers import attach_weight_centring, param_groups
+from mimicnorm_deploy.training.models import create_model
+from mimicnorm_deploy.training.train import AMP_DTYPES, activation_bytes_saved_for_backward, autocast
 
 # Keys of `profile_memory`'s result that `compare_memory` takes ratios of.
 RATIO_KEYS = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_
-from mimicnorm_deploy.models.registry import register_model
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_
+from mimicnorm_deploy.training.models.registry import register_model
 
 STEM_WIDTH = 24
 _REPEATS = [4, 8, 4]

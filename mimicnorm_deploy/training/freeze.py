@@ -24,12 +24,20 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from engines.errors import UserError
-from mimicnorm_deploy.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from mimicnorm_deploy.layers import ConvNorm, InputBatchNorm, InputNorm, ResidualScalar, centred_convs, get_norm
+from mimicnorm_deploy.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from mimicnorm_deploy.training.layers import (
+    ConvNorm,
+    InputBatchNorm,
+    InputNorm,
+    ResidualScalar,
+    centred_convs,
+    get_norm,
+)
 
 Tensor = torch.Tensor
 
@@ -215,13 +223,17 @@ def default_check_images(meta: CheckpointMeta, count: int = 64, seed: int = 0) -
 
 
 def freeze_checkpoint(
-    checkpoint: str | os.PathLike, out_path: str | os.PathLike, check_images: Tensor | None = None
+    checkpoint: str | os.PathLike, out_path: str | os.PathLike, check_images: np.ndarray | Tensor | None = None
 ) -> EquivalenceReport:
-    """Freeze a trained checkpoint into `out_path` (written only if the equivalence check passes)."""
+    """Freeze a trained checkpoint into `out_path` (written only if the equivalence check passes).
+    `check_images` (N, C, H, W float32, numpy or torch) default to random images of the model's shape."""
     model, meta = load_checkpoint(checkpoint)
     if meta.frozen_from is not None:
         raise UserError(f"{checkpoint}: already frozen (from {meta.frozen_from}); pass the trained checkpoint")
-    images = check_images if check_images is not None else default_check_images(meta)
+    if check_images is None:
+        images = default_check_images(meta)
+    else:
+        images = torch.as_tensor(check_images)
     frozen, frozen_meta, report = freeze_model(model, meta, images)
     save_checkpoint(Path(out_path), frozen, frozen_meta)
     return report

@@ -28,11 +28,11 @@ from torch import nn
 
 from engines.artifacts import atomic_path, atomic_write_text, write_json
 from engines.errors import UserError
-from mimicnorm_deploy import distributed
-from mimicnorm_deploy.checkpoint import CheckpointMeta, save_checkpoint
-from mimicnorm_deploy.data import Dataset, augment_batch, random_resized_crop_batch, to_model_input
-from mimicnorm_deploy.layers import attach_weight_centring, param_groups
 from mimicnorm_deploy.schemas import TRAIN_REPORT
+from mimicnorm_deploy.training import distributed
+from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint
+from mimicnorm_deploy.training.data import Dataset, augment_batch, random_resized_crop_batch, to_model_input
+from mimicnorm_deploy.training.layers import attach_weight_centring, param_groups
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from engines.errors import UserError
-from mimicnorm_deploy.layers import get_norm
+from mimicnorm_deploy.training.layers import get_norm
 
 # Every model records its stem as `stem_type` (and its Norm as `norm_spec`): freezing builds the
 # plain twin with the same stem.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.models.registry import create_model, list_models
+from mimicnorm_deploy.training.models.registry import create_model, list_models
 
 
 def count_macs(model: nn.Module, input_size: int, in_chans: int) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.layers import ConvNorm, Norm, NormClassifier, init_model_
-from mimicnorm_deploy.models.registry import register_model
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_
+from mimicnorm_deploy.training.models.registry import register_model
 
 # Output channels per 3x3 conv; "M" is a 2x2 max-pool.
 _CONFIGS: dict[str, list[int | str]] = {
