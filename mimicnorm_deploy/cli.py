@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from engines.errors import UserError
@@ -31,6 +33,23 @@ def _needs_torch() -> None:
         )
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="fashion-mnist (default), cifar10, cifar100, imagefolder or synthetic")  # fmt: skip
+    parser.add_argument("--data-dir", help="the data set's local directory: Fashion-MNIST's four IDX files (default "
+                        "/usr/share/datasets/fashion-mnist, from Debian's dataset-fashion-mnist), CIFAR's python "
+                        "batches, or an ImageFolder (one sub-directory per class)")  # fmt: skip
+    parser.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized and cropped to it")
+
+
+def _models_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--norm", default="none", help="none (the frozen, deployed shape), mimic, bn, bn-revisited")
+    p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-chans", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=10)
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     _needs_torch()
     from mimicnorm_deploy.training.models.describe import describe_models
@@ -42,6 +61,13 @@ def _cmd_models(args: argparse.Namespace) -> None:
         print(f"{row['name']:20s} {row['params'] / 1e6:10.3f} {row['macs'] / 1e6:10.1f}")
 
 
+def _prepare_data_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument("--out", required=True, help="directory for calib.npz and test.npz")
+    p.add_argument("--calibration-count", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _cmd_prepare_data(args: argparse.Namespace) -> None:
     _needs_torch()
     from mimicnorm_deploy.stages import prepare_data
@@ -50,6 +76,35 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
     data = prepare_data(load_dataset(args.dataset, args.data_dir, image_size=args.image_size), args.out,
                         calibration_count=args.calibration_count, seed=args.seed)  # fmt: skip
     print(f"{data.calibration} ({data.calibration_images} images)\n{data.test} ({data.test_images} images)")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--norm", default="mimic", help="mimic, bn, bn-revisited, bn-revisited-input-bn or none")
+    p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=128, help="the global batch (split across torchrun ranks)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.3)
+    p.add_argument("--schedule", default="cosine", help="cosine or step (x0.1 at each of --milestones)")
+    p.add_argument("--milestones", default="", help="epochs for the step schedule, e.g. 80,110,135")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--amp", default="off", help="off, bf16 or fp16 (fp16 needs CUDA; adds a grad scaler)")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0 = off)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--sync-bn", default="off", help="under torchrun on GPUs: off, logits or all")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--no-augment", action="store_true", help="no random crop + flip")
+    p.add_argument("--augment-pad", type=int, default=2, help="random-crop padding in pixels")
+    p.add_argument("--augment-style", default="crop-flip",
+                   help="crop-flip (CIFAR-style) or resized-crop (ImageNet-style random-resized crop, flip)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
+    p.add_argument("--out", required=True, help="output directory")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -73,6 +128,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset, args.data_dir, image_size=args.image_size)
     result = train_stage(config, dataset, args.out, _progress, resume=args.resume)
     print(f"{result.checkpoint}: test accuracy {100 * result.final_test_accuracy:.2f}%")
+
+
+def _profile_memory_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--stem", default="cifar")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--amp", default="off")
+    p.add_argument("--norms", default="mimic,bn", help="two norms, the first divided by the second")
+    p.add_argument("--out", help="also write the result as JSON")
 
 
 def _cmd_profile_memory(args: argparse.Namespace) -> None:
@@ -101,6 +169,12 @@ def _cmd_profile_memory(args: argparse.Namespace) -> None:
         print(f"written {args.out}")
 
 
+def _freeze_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="frozen .safetensors")
+    p.add_argument("--check-images", help="image set (.npz) for the equivalence check (default: random images)")
+
+
 def _cmd_freeze(args: argparse.Namespace) -> None:
     _needs_torch()
     from mimicnorm_deploy.stages import freeze_stage
@@ -110,6 +184,11 @@ def _cmd_freeze(args: argparse.Namespace) -> None:
           f"top-1 agreement {100 * report.top1_agreement:.1f}% on {report.check_images} images")  # fmt: skip
 
 
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("frozen")
+    p.add_argument("--out", required=True, help="output .onnx")
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     _needs_torch()
     from mimicnorm_deploy.stages import export_stage
@@ -117,6 +196,37 @@ def _cmd_export(args: argparse.Namespace) -> None:
     report = export_stage(args.frozen, args.out)
     print(f"{args.out}: opset {report.opset}, nodes {report.nodes}, "
           f"max |diff| vs torch {report.max_abs_diff_vs_torch:.2g}")  # fmt: skip
+
+
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="FP32 .onnx from export")
+    p.add_argument("--calib", required=True, help="calibration image set (.npz from prepare-data)")
+    p.add_argument("--out", required=True, help="output .onnx (beside it: .json record, .quality.md/.png, "
+                   ".ranges.json, and .plan.json when gated)")  # fmt: skip
+    p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
+    p.add_argument("--target", default=DEFAULT_TARGET, choices=list(TARGETS), metavar="TARGET",
+                   help="where the model will run (default cpu: this machine's CPU with ONNX Runtime's encoding; "
+                   "desktop-gpu and jetson-*: TensorRT's symmetric int8, full 8-bit weights and Q/DQ placement); "
+                   "`mimicnorm-deploy targets` lists them")  # fmt: skip
+    p.add_argument("--method", default="minmax", help="activation ranges: minmax, percentile, mse or entropy "
+                   "(TensorRT's EntropyCalibration2 algorithm)")  # fmt: skip
+    p.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
+    p.add_argument("--batch-size", type=int, default=32)
+    gate = p.add_argument_group("mixed precision: the gate a plan must pass on held-out calibration images")
+    gate.add_argument("--max-top1-drop", type=float, metavar="POINTS",
+                      help="largest top-1 accuracy drop in percentage points (agreement with FP32 without labels)")
+    gate.add_argument("--min-logits-sqnr", type=float, metavar="DB", help="smallest logits SQNR against FP32")
+    gate.add_argument("--holdout", type=int, metavar="N", help="the last N calibration images measure the gate and "
+                      "are not used for ranges (default: a quarter of the set when gated)")  # fmt: skip
+    gate.add_argument("--high-precision", choices=["fp16", "fp32"],
+                      help="type of the layers moved out of INT8 (default: fp16 for TensorRT targets, fp32 for cpu)")
+    extra = p.add_argument_group("more artifacts from the same ranges")
+    extra.add_argument("--trt-cache", help="TensorRT 10 calibration cache (same directory as --out)")
+    extra.add_argument("--fp16", help="pure FP16 ONNX model, refused if a constant or activation overflows FP16 "
+                       "(same directory as --out)")  # fmt: skip
+    extra.add_argument("--fp16-io", default="fp32", choices=["fp32", "fp16"],
+                       help="input and output type of the --fp16 model (default fp32, behind Casts)")
+    p.add_argument("--eval", help="labelled image set (.npz) for the quality report's accuracy")
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
@@ -156,12 +266,29 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
             print(f"{record[key]}: {what}")
 
 
+def _build_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("--out", required=True, help="engine directory")
+    p.add_argument("--precision", required=True, choices=["fp32", "int8"])
+    p.add_argument("--simulate", action="store_true", help="run Q/DQ as float ops (INT8 simulated)")
+
+
 def _cmd_build(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.stages import build_stage
 
     manifest = build_stage(args.model, args.out, precision=args.precision, simulate=args.simulate)
     print(f"{args.out}: {manifest.backend} {manifest.backend_version}, {manifest.precision}, "
           f"session options {manifest.session_options}")  # fmt: skip
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine")
+    p.add_argument("--out", required=True, help="bench .json")
+    p.add_argument("--eval", help="labelled image set (.npz) for accuracy")
+    p.add_argument("--reference", help="FP32 engine directory: top-1 agreement and SQNR against it")
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--duration", type=float, default=2.0, help="minimum timed seconds per batch size")
+    p.add_argument("--no-latency", action="store_true", help="accuracy only")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -187,11 +314,26 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(f"written {args.out}")
 
 
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output directory (default RUN_DIR/report)")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.report import write_report
 
     for kind, path in write_report(args.run_dir, args.out).items():
         print(f"{kind}: {path}")
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--epochs", type=float, default=1.8)
+    p.add_argument("--augment", action="store_true", help="random crop + flip (off: the demo's schedule is short)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -206,151 +348,42 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         print(f"{kind}: {path}")
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="fashion-mnist",
-                        help="fashion-mnist (default), cifar10, cifar100, imagefolder or synthetic")  # fmt: skip
-    parser.add_argument("--data-dir", help="the data set's local directory: Fashion-MNIST's four IDX files (default "
-                        "/usr/share/datasets/fashion-mnist, from Debian's dataset-fashion-mnist), CIFAR's python "
-                        "batches, or an ImageFolder (one sub-directory per class)")  # fmt: skip
-    parser.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized and cropped to it")
+@dataclass(frozen=True)
+class Command:
+    name: str
+    run: Callable[[argparse.Namespace], None]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    help: str
+
+
+# A new command: its `_cmd_X` and `_X_arguments` above and one line here (the order of `--help`).
+COMMANDS = [
+    Command("demo", _cmd_demo, _demo_arguments,
+            "the main job: train MimicNorm + BN twin, freeze, export, INT8, bench, report"),
+    Command("models", _cmd_models, _models_arguments, "list the registered architectures with parameters and MACs"),
+    Command("prepare-data", _cmd_prepare_data, _prepare_data_arguments,
+            "write calibration (training split) and test image sets"),
+    Command("train", _cmd_train, _train_arguments,
+            "train one model (multi-GPU/-node: torchrun --nproc_per_node N -m mimicnorm_deploy train ...)"),
+    Command("profile-memory", _cmd_profile_memory, _profile_memory_arguments,
+            "training memory of one model, MimicNorm vs its BN twin"),
+    Command("freeze", _cmd_freeze, _freeze_arguments,
+            "fold a trained checkpoint into plain conv+bias kernels (checked)"),
+    Command("export", _cmd_export, _export_arguments, "export a frozen checkpoint to ONNX"),
+    Command("calibrate", _cmd_calibrate, _calibrate_arguments,
+            "INT8 (or gated INT8/FP16/FP32) Q/DQ ONNX for a target, with a quality report"),
+    Command("build", _cmd_build, _build_arguments, "build an ONNX Runtime CPU engine directory"),
+    Command("bench", _cmd_bench, _bench_arguments, "latency, memory and accuracy of an engine"),
+    Command("report", _cmd_report, _report_arguments, "JSON + Markdown + PNG report of a run directory"),
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimicnorm-deploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="the main job: train MimicNorm + BN twin, freeze, export, INT8, bench, report")
-    _add_data_options(p)
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--arch", default="resnet20")
-    p.add_argument("--epochs", type=float, default=1.8)
-    p.add_argument("--augment", action="store_true", help="random crop + flip (off: the demo's schedule is short)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("models", help="list the registered architectures with parameters and MACs")
-    p.add_argument("--norm", default="none", help="none (the frozen, deployed shape), mimic, bn, bn-revisited")
-    p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--in-chans", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.set_defaults(func=_cmd_models)
-
-    p = sub.add_parser("prepare-data", help="write calibration (training split) and test image sets")
-    _add_data_options(p)
-    p.add_argument("--out", required=True, help="directory for calib.npz and test.npz")
-    p.add_argument("--calibration-count", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_prepare_data)
-
-    p = sub.add_parser("train", help="train one model (multi-GPU/-node: torchrun --nproc_per_node N -m "
-                       "mimicnorm_deploy train ...)")  # fmt: skip
-    _add_data_options(p)
-    p.add_argument("--arch", default="resnet20")
-    p.add_argument("--norm", default="mimic", help="mimic, bn, bn-revisited, bn-revisited-input-bn or none")
-    p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--batch-size", type=int, default=128, help="the global batch (split across torchrun ranks)")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup-epochs", type=float, default=0.3)
-    p.add_argument("--schedule", default="cosine", help="cosine or step (x0.1 at each of --milestones)")
-    p.add_argument("--milestones", default="", help="epochs for the step schedule, e.g. 80,110,135")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--amp", default="off", help="off, bf16 or fp16 (fp16 needs CUDA; adds a grad scaler)")
-    p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0 = off)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--sync-bn", default="off", help="under torchrun on GPUs: off, logits or all")
-    p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--no-augment", action="store_true", help="no random crop + flip")
-    p.add_argument("--augment-pad", type=int, default=2, help="random-crop padding in pixels")
-    p.add_argument("--augment-style", default="crop-flip",
-                   help="crop-flip (CIFAR-style) or resized-crop (ImageNet-style random-resized crop, flip)")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("profile-memory", help="training memory of one model, MimicNorm vs its BN twin")
-    p.add_argument("--model", required=True)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--in-chans", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--stem", default="cifar")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--amp", default="off")
-    p.add_argument("--norms", default="mimic,bn", help="two norms, the first divided by the second")
-    p.add_argument("--out", help="also write the result as JSON")
-    p.set_defaults(func=_cmd_profile_memory)
-
-    p = sub.add_parser("freeze", help="fold a trained checkpoint into plain conv+bias kernels (checked)")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="frozen .safetensors")
-    p.add_argument("--check-images", help="image set (.npz) for the equivalence check (default: random images)")
-    p.set_defaults(func=_cmd_freeze)
-
-    p = sub.add_parser("export", help="export a frozen checkpoint to ONNX")
-    p.add_argument("frozen")
-    p.add_argument("--out", required=True, help="output .onnx")
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("calibrate", help="INT8 (or gated INT8/FP16/FP32) Q/DQ ONNX for a target, with a "
-                       "quality report")  # fmt: skip
-    p.add_argument("model", help="FP32 .onnx from export")
-    p.add_argument("--calib", required=True, help="calibration image set (.npz from prepare-data)")
-    p.add_argument("--out", required=True, help="output .onnx (beside it: .json record, .quality.md/.png, "
-                   ".ranges.json, and .plan.json when gated)")  # fmt: skip
-    p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
-    p.add_argument("--target", default=DEFAULT_TARGET, choices=list(TARGETS), metavar="TARGET",
-                   help="where the model will run (default cpu: this machine's CPU with ONNX Runtime's encoding; "
-                   "desktop-gpu and jetson-*: TensorRT's symmetric int8, full 8-bit weights and Q/DQ placement); "
-                   "`mimicnorm-deploy targets` lists them")  # fmt: skip
-    p.add_argument("--method", default="minmax", help="activation ranges: minmax, percentile, mse or entropy "
-                   "(TensorRT's EntropyCalibration2 algorithm)")  # fmt: skip
-    p.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
-    p.add_argument("--batch-size", type=int, default=32)
-    gate = p.add_argument_group("mixed precision: the gate a plan must pass on held-out calibration images")
-    gate.add_argument("--max-top1-drop", type=float, metavar="POINTS",
-                      help="largest top-1 accuracy drop in percentage points (agreement with FP32 without labels)")
-    gate.add_argument("--min-logits-sqnr", type=float, metavar="DB", help="smallest logits SQNR against FP32")
-    gate.add_argument("--holdout", type=int, metavar="N", help="the last N calibration images measure the gate and "
-                      "are not used for ranges (default: a quarter of the set when gated)")  # fmt: skip
-    gate.add_argument("--high-precision", choices=["fp16", "fp32"],
-                      help="type of the layers moved out of INT8 (default: fp16 for TensorRT targets, fp32 for cpu)")
-    extra = p.add_argument_group("more artifacts from the same ranges")
-    extra.add_argument("--trt-cache", help="TensorRT 10 calibration cache (same directory as --out)")
-    extra.add_argument("--fp16", help="pure FP16 ONNX model, refused if a constant or activation overflows FP16 "
-                       "(same directory as --out)")  # fmt: skip
-    extra.add_argument("--fp16-io", default="fp32", choices=["fp32", "fp16"],
-                       help="input and output type of the --fp16 model (default fp32, behind Casts)")
-    p.add_argument("--eval", help="labelled image set (.npz) for the quality report's accuracy")
-    p.set_defaults(func=_cmd_calibrate)
-
-    p = sub.add_parser("build", help="build an ONNX Runtime CPU engine directory")
-    p.add_argument("model")
-    p.add_argument("--out", required=True, help="engine directory")
-    p.add_argument("--precision", required=True, choices=["fp32", "int8"])
-    p.add_argument("--simulate", action="store_true", help="run Q/DQ as float ops (INT8 simulated)")
-    p.set_defaults(func=_cmd_build)
-
-    p = sub.add_parser("bench", help="latency, memory and accuracy of an engine")
-    p.add_argument("engine")
-    p.add_argument("--out", required=True, help="bench .json")
-    p.add_argument("--eval", help="labelled image set (.npz) for accuracy")
-    p.add_argument("--reference", help="FP32 engine directory: top-1 agreement and SQNR against it")
-    p.add_argument("--batch-sizes", default="1,64")
-    p.add_argument("--duration", type=float, default=2.0, help="minimum timed seconds per batch size")
-    p.add_argument("--no-latency", action="store_true", help="accuracy only")
-    p.set_defaults(func=_cmd_bench)
-
-    p = sub.add_parser("report", help="JSON + Markdown + PNG report of a run directory")
-    p.add_argument("run_dir")
-    p.add_argument("--out", help="output directory (default RUN_DIR/report)")
-    p.set_defaults(func=_cmd_report)
+    for command in COMMANDS:
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
+        sub.choices[command.name].set_defaults(func=command.run)
     return parser
 
 

@@ -137,6 +137,97 @@ class CalibrateOptions:
         return self.max_top1_drop is not None or self.min_logits_sqnr_db is not None
 
 
+@dataclass
+class _CalibrationSplit:
+    range_images: np.ndarray
+    labels: np.ndarray | None  # of the whole set
+    holdout_images: np.ndarray
+    holdout_labels: np.ndarray | None
+
+
+def _split_holdout(images: np.ndarray, labels: np.ndarray | None, options: CalibrateOptions) -> _CalibrationSplit:
+    """The last `holdout` images measure the gate and are never used for the ranges."""
+    holdout = options.holdout if options.holdout is not None else (len(images) // 4 if options.gated else 0)
+    if options.gated and holdout < 1:
+        raise UserError("the accuracy gate is measured on held-out calibration images; pass --holdout N (N >= 1)")
+    if not 0 <= holdout < len(images):
+        raise UserError(f"--holdout {holdout} leaves no calibration images of {len(images)}; hold out fewer")
+    cut = len(images) - holdout
+    return _CalibrationSplit(images[:cut], labels, images[cut:], labels[cut:] if labels is not None else None)
+
+
+def _quality_images(split: _CalibrationSplit, eval_set: str | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The quality report's images: the evaluation set, else the hold-out, else the calibration images."""
+    if eval_set is not None:
+        images, labels = load_image_set(_verified(eval_set))
+        return images, labels, Path(eval_set).name
+    if len(split.holdout_images):
+        return split.holdout_images, split.holdout_labels, "calibration hold-out"
+    return split.range_images, split.labels, "the calibration images themselves"
+
+
+def _beside(path: str, out: Path, what: str) -> Path:
+    """Extra products are staged and moved with the model, so they must sit in its directory."""
+    product = Path(path)
+    if product.parent.resolve() != out.parent.resolve():
+        raise UserError(f"{product}: write the {what} next to {out.name} (same directory)")
+    return product
+
+
+def _plan(model, ranges, split: _CalibrationSplit, options: CalibrateOptions, encoding, high_precision: str, say):
+    from calibration.plan import Gate, plan_precision
+
+    gate = Gate(max_top1_drop=options.max_top1_drop, min_logits_sqnr_db=options.min_logits_sqnr_db)
+    return plan_precision(model, ranges, split.holdout_images, gate, holdout_labels=split.holdout_labels,
+                          per_channel=options.per_channel, **encoding.qdq_options,
+                          high_precision=high_precision, progress=say)  # fmt: skip
+
+
+def _write_calibrated_model(model, ranges, plan, staging: Path, out: Path, options: CalibrateOptions, encoding):
+    """The INT8 Q/DQ model, or with a plan the mixed-precision model (+ the plan); returns the
+    quantization summary (None for a mixed model) and the products written."""
+    from calibration.plan import write_mixed_model
+    from calibration.quantize import write_qdq_model
+
+    staged = staging / out.name
+    if plan is None:
+        result = write_qdq_model(model, ranges, staged, per_channel=options.per_channel, **encoding.qdq_options)
+        return result, [out]
+    result = write_mixed_model(model, plan, ranges, staged)
+    plan.save(staging / out.with_suffix(".plan.json").name)
+    return result, [out, out.with_suffix(".plan.json")]
+
+
+def _write_quality_report(model, staging: Path, out: Path, plan, quality_set, options: CalibrateOptions, title: str):
+    """Measure the written model against FP32 and write the report (.quality.md / .png)."""
+    from calibration.quality import measure_quality, render_quality_plot, write_quality_markdown
+
+    images, labels, image_set = quality_set
+    quality = measure_quality(
+        model, staging / out.name, images, labels, image_set=image_set,
+        precisions=plan.layers if plan else None,
+        sensitivity={s.node: s.logits_sqnr_db for s in plan.sensitivity} if plan else None,
+        kernels="onnxruntime-cpu" if get_target(options.target).backend == "onnxruntime" else None,
+    )  # fmt: skip
+    write_quality_markdown(quality, title, staging / out.with_suffix(".quality.md").name)
+    render_quality_plot(quality, title, staging / out.with_suffix(".quality.png").name)
+    return quality, [out.with_suffix(".quality.md"), out.with_suffix(".quality.png")]
+
+
+def _write_trt_cache(cache: Path, ranges, staging: Path) -> list[Path]:
+    from calibration.trt_cache import sidecar_path, write_model_calibration_cache
+
+    write_model_calibration_cache(staging / cache.name, ranges)
+    return [cache, sidecar_path(cache)]
+
+
+def _write_fp16_model(model, fp16: Path, ranges, staging: Path, fp16_io: str) -> list[Path]:
+    from calibration.fp16 import convert_fp16
+
+    convert_fp16(model, staging / fp16.name, keep_io_fp32=fp16_io == "fp32", activation_max_abs=ranges.max_abs)
+    return [fp16]
+
+
 def calibrate_stage(
     model: str | os.PathLike,
     calibration_set: str | os.PathLike,
@@ -152,100 +243,57 @@ def calibrate_stage(
     - `<out>.ranges.json`: the activation ranges; `<out>.plan.json`: the precision plan (gated);
     - optionally a TensorRT 10 calibration cache (+ sidecar) and a pure FP16 model.
     """
-    from calibration.fp16 import convert_fp16
     from calibration.metrics import weight_range_spread, worst_spread
-    from calibration.plan import Gate, plan_precision, write_mixed_model
-    from calibration.quality import measure_quality, render_quality_plot, write_quality_markdown
-    from calibration.quantize import write_qdq_model
     from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
     from calibration.targets import encoding_for
-    from calibration.trt_cache import sidecar_path, write_model_calibration_cache
 
     out = Path(out_path)
     encoding = encoding_for(options.target)
     high_precision = options.high_precision or encoding.high_precision
     if options.fp16_io not in ("fp32", "fp16"):
         raise UserError(f"FP16 model input/output type {options.fp16_io!r} is not fp32 or fp16")
+    trt_cache = None if options.trt_cache is None else _beside(options.trt_cache, out, "TensorRT cache")
+    fp16 = None if options.fp16 is None else _beside(options.fp16, out, "FP16 model")
     images, labels = load_image_set(_verified(calibration_set))
-    holdout = options.holdout if options.holdout is not None else (len(images) // 4 if options.gated else 0)
-    if options.gated and holdout < 1:
-        raise UserError("the accuracy gate is measured on held-out calibration images; pass --holdout N (N >= 1)")
-    if not 0 <= holdout < len(images):
-        raise UserError(f"--holdout {holdout} leaves no calibration images of {len(images)}; hold out fewer")
-    range_images, holdout_images = images[: len(images) - holdout], images[len(images) - holdout :]
-    holdout_labels = labels[len(images) - holdout :] if labels is not None else None
+    split = _split_holdout(images, labels, options)
 
     def say(message: str) -> None:
         if progress is not None:
             progress(message)
 
     ranges = calibrate_ranges(
-        _verified(model), range_images, options.method, batch_size=options.batch_size,
+        _verified(model), split.range_images, options.method, batch_size=options.batch_size,
         percentile=DEFAULT_PERCENTILE if options.percentile is None else options.percentile,
         progress=lambda done, total: say(f"calibration batch {done}/{total}"),
     )  # fmt: skip
-    plan = None
-    if options.gated:
-        gate = Gate(max_top1_drop=options.max_top1_drop, min_logits_sqnr_db=options.min_logits_sqnr_db)
-        plan = plan_precision(model, ranges, holdout_images, gate, holdout_labels=holdout_labels,
-                              per_channel=options.per_channel, **encoding.qdq_options,
-                              high_precision=high_precision, progress=say)  # fmt: skip
-
-    if options.eval_set is not None:
-        quality_images, quality_labels = load_image_set(_verified(options.eval_set))
-        image_set = Path(options.eval_set).name
-    elif holdout:
-        quality_images, quality_labels, image_set = holdout_images, holdout_labels, "calibration hold-out"
-    else:
-        quality_images, quality_labels, image_set = range_images, labels, "the calibration images themselves"
+    plan = _plan(model, ranges, split, options, encoding, high_precision, say) if options.gated else None
+    quality_set = _quality_images(split, options.eval_set)
     title = f"{out.name}: {options.target}, {ranges.method}, " + ("per-channel" if options.per_channel else
                                                                     "per-tensor")  # fmt: skip
-    products = [out, out.with_suffix(".json"), out.with_suffix(".quality.md"), out.with_suffix(".quality.png"),
-                out.with_suffix(".ranges.json")]  # fmt: skip
+    products = [out.with_suffix(".json"), out.with_suffix(".ranges.json")]
     with staged_files(out.parent) as staging:
-        staged = staging / out.name
-        if plan is not None:
-            result = write_mixed_model(model, plan, ranges, staged)
-            plan.save(staging / out.with_suffix(".plan.json").name)
-            products.append(out.with_suffix(".plan.json"))
-        else:
-            result = write_qdq_model(model, ranges, staged, per_channel=options.per_channel,
-                                     **encoding.qdq_options)  # fmt: skip
+        result, written = _write_calibrated_model(model, ranges, plan, staging, out, options, encoding)
+        products += written
         ranges.save(staging / out.with_suffix(".ranges.json").name)
-        say(f"quality report on {len(quality_images)} images ({image_set})")
-        quality = measure_quality(
-            model, staged, quality_images, quality_labels, image_set=image_set,
-            precisions=plan.layers if plan else None,
-            sensitivity={s.node: s.logits_sqnr_db for s in plan.sensitivity} if plan else None,
-            kernels="onnxruntime-cpu" if get_target(options.target).backend == "onnxruntime" else None,
-        )  # fmt: skip
-        write_quality_markdown(quality, title, staging / out.with_suffix(".quality.md").name)
-        render_quality_plot(quality, title, staging / out.with_suffix(".quality.png").name)
+        say(f"quality report on {len(quality_set[0])} images ({quality_set[2]})")
+        quality, written = _write_quality_report(model, staging, out, plan, quality_set, options, title)
+        products += written
         if result is not None:
             result.output_path = str(out)  # where it will be once the staged files are moved
         spreads = weight_range_spread(str(model))
         record: dict[str, Any] = {
             "model": str(model), "output": str(out), "target": options.target, "encoding": asdict(encoding),
-            "method": ranges.method, "percentile": ranges.percentile, "calibration_images": len(range_images),
-            "holdout_images": holdout, "quantize": asdict(result) if result is not None else None,
+            "method": ranges.method, "percentile": ranges.percentile, "calibration_images": len(split.range_images),
+            "holdout_images": len(split.holdout_images), "quantize": asdict(result) if result is not None else None,
             "plan": asdict(plan) if plan is not None else None, "quality": asdict(quality),
             "weight_spread": [asdict(s) for s in spreads], "worst_weight_spread": asdict(worst_spread(spreads)),
         }  # fmt: skip
-        if options.trt_cache is not None:
-            cache = Path(options.trt_cache)
-            if cache.parent.resolve() != out.parent.resolve():
-                raise UserError(f"{cache}: write the TensorRT cache next to {out.name} (same directory)")
-            write_model_calibration_cache(staging / cache.name, ranges)
-            record["trt_cache"] = str(cache)
-            products += [cache, sidecar_path(cache)]
-        if options.fp16 is not None:
-            fp16 = Path(options.fp16)
-            if fp16.parent.resolve() != out.parent.resolve():
-                raise UserError(f"{fp16}: write the FP16 model next to {out.name} (same directory)")
-            convert_fp16(model, staging / fp16.name, keep_io_fp32=options.fp16_io == "fp32",
-                         activation_max_abs=ranges.max_abs)  # fmt: skip
+        if trt_cache is not None:
+            products += _write_trt_cache(trt_cache, ranges, staging)
+            record["trt_cache"] = str(trt_cache)
+        if fp16 is not None:
+            products += _write_fp16_model(model, fp16, ranges, staging, options.fp16_io)
             record["fp16"] = str(fp16)
-            products.append(fp16)
         write_json(staging / out.with_suffix(".json").name, *CALIBRATION, record)
     params = {**asdict(options), "activations": encoding.activations, "reduce_range": encoding.reduce_range,
               "placement": encoding.placement, "high_precision": high_precision}  # fmt: skip
@@ -300,4 +348,3 @@ def bench_stage(
     write_json(out_path, *BENCH, record)
     _record(out_path, "bench", [eval_set] if eval_set else [], {"batch_sizes": list(batch_sizes)})
     return record, logits
-
