@@ -9,5 +9,4 @@
 - `plan`: per-layer sensitivity, accuracy-gated INT8/high-precision plans and their writer.
 - `qdq`: inspection of Q/DQ graphs (zero-point checks, counts).
 - `metrics`: SQNR, top-1 agreement, accuracy, per-layer weight-range spread.
-- `trt_cache`: TensorRT 10 calibration cache writer and reader, keyed to the model's sha256.
 """

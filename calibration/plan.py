@@ -10,6 +10,7 @@ The layers are `qdq.quantizable_layers`: every Conv/Gemm/MatMul with a weight, a
 3. `write_mixed_model` writes the plan as a Q/DQ model whose high-precision layers read float
    activations and weights: FP32 (CPU targets), or FP16 (GPU targets: everything but the Q/DQ
    nodes in FP16, `fp16.convert_qdq_fp16`). The gate is measured on exactly that model.
+The plan's JSON (`PrecisionPlan`, what an engine builder reads) is `engines.precision_plan`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,99 +31,14 @@ from calibration.metrics import accuracy, sqnr_db, top1_agreement
 from calibration.qdq import quantizable_layers
 from calibration.quantize import QuantizeResult, write_qdq_model
 from calibration.ranges import ActivationRanges, images_sha256
-from engines.artifacts import atomic_path, read_json, sha256_file, write_json
+from engines.artifacts import atomic_path, sha256_file
 from engines.errors import UserError
+from engines.precision_plan import HIGH_PRECISIONS, Gate, GateResult, LayerSensitivity, Move, PrecisionPlan, qdq_options
 
-PLAN_SCHEMA = ("mimicnorm-deploy/precision-plan", 2)  # 2: residual Adds are layers; activations, placement
-HIGH_PRECISIONS = ("fp16", "fp32")
 EVAL_BATCH = 256  # images per ONNX Runtime run when scoring a candidate model
 
 # message(text): one line per step of the planner (sensitivity of each layer, each move).
 PlanProgress = Callable[[str], None]
-
-
-@dataclass
-class Gate:
-    """What the planned model must keep on the held-out images. At least one bound is required."""
-
-    max_top1_drop: float | None = None  # fraction: 0.01 = one point of top-1 (labels) or of agreement with FP32
-    min_logits_sqnr_db: float | None = None
-
-    def check(self) -> None:
-        if self.max_top1_drop is None and self.min_logits_sqnr_db is None:
-            raise UserError("accuracy gate is empty; give a maximum top-1 drop and/or a minimum logits SQNR")
-        if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 1:
-            raise UserError(f"maximum top-1 drop {self.max_top1_drop} is not a fraction in [0, 1]; pass e.g. 0.01")
-
-
-@dataclass
-class GateResult:
-    top1_drop: float  # FP32 accuracy minus this model's (with labels), else 1 - top-1 agreement with FP32
-    logits_sqnr_db: float
-    passed: bool
-
-
-@dataclass
-class LayerSensitivity:
-    node: str
-    op_type: str
-    logits_sqnr_db: float  # with only this layer in INT8; lower = more sensitive
-
-
-@dataclass
-class Move:
-    node: str
-    to: str  # the high precision type
-    reason: str
-
-
-@dataclass
-class PrecisionPlan:
-    model_sha256: str
-    calibration_sha256: str  # of the images the ranges were calibrated on
-    holdout_sha256: str  # of the held-out images the gate was measured on
-    method: str  # activation range calibration (calibration.ranges)
-    per_channel: bool
-    reduce_range: bool
-    activations: str  # INT8 activation encoding (quantize.ACTIVATION_ENCODINGS)
-    placement: str  # where the Q/DQ pairs go (quantize.PLACEMENTS)
-    high_precision: str  # "fp32" (CPU targets) or "fp16" (GPU targets)
-    gate: Gate
-    layers: dict[str, str]  # every quantizable layer's node name -> "int8" or the high precision type
-    sensitivity: list[LayerSensitivity]  # graph order
-    moved: list[Move] = field(default_factory=list)  # in the order the planner moved them
-    result: GateResult | None = None  # the gate measured on the final plan
-
-    @property
-    def high_precision_nodes(self) -> list[str]:
-        return [node for node, precision in self.layers.items() if precision != "int8"]
-
-    @property
-    def qdq_options(self) -> dict:
-        return _qdq_options(self.per_channel, self.reduce_range, self.activations, self.placement)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        return write_json(path, *PLAN_SCHEMA, asdict(self))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> PrecisionPlan:
-        document = read_json(path, *PLAN_SCHEMA)
-        fields = {name: document[name] for name in cls.__dataclass_fields__}
-        fields["gate"] = Gate(**fields["gate"])
-        fields["sensitivity"] = [LayerSensitivity(**s) for s in fields["sensitivity"]]
-        fields["moved"] = [Move(**m) for m in fields["moved"]]
-        if fields["result"] is not None:
-            result = fields["result"]
-            # JSON has no infinity: an SQNR of identical logits is written as null.
-            sqnr = result["logits_sqnr_db"]
-            fields["result"] = GateResult(result["top1_drop"], float("inf") if sqnr is None else sqnr, result["passed"])
-        return cls(**fields)
-
-
-def _qdq_options(per_channel: bool, reduce_range: bool, activations: str, placement: str) -> dict:
-    """How write_qdq_model encodes the INT8 layers, as its keyword arguments."""
-    return {"per_channel": per_channel, "reduce_range": reduce_range, "activations": activations,
-            "placement": placement}  # fmt: skip
 
 
 def layer_sensitivity(
@@ -141,7 +56,7 @@ def layer_sensitivity(
     model = _planned_model(model_path, ranges)
     reference = _logits(model_path, images)
     all_nodes = [node.name for node in model.graph.node]
-    options = _qdq_options(per_channel, reduce_range, activations, placement)
+    options = qdq_options(per_channel, reduce_range, activations, placement)
     sensitivity = []
     with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
         for node in quantizable_layers(model):
@@ -186,7 +101,7 @@ def plan_precision(
     if holdout_labels is not None and np.shape(holdout_labels) != (len(holdout_images),):
         raise UserError(f"{np.shape(holdout_labels)} held-out labels for {len(holdout_images)} images; pass one each")
     reference = _logits(model_path, holdout_images)
-    options = _qdq_options(per_channel, reduce_range, activations, placement)
+    options = qdq_options(per_channel, reduce_range, activations, placement)
 
     def measure(layers: dict[str, str]) -> GateResult:
         with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:

@@ -25,6 +25,7 @@ from engines.artifacts import (
     write_json,
 )
 from engines.errors import UserError
+from engines.precision_plan import Gate
 from engines.targets import DEFAULT_TARGET, get_target
 from mimicnorm_deploy.schemas import BENCH, CALIBRATION
 
@@ -175,7 +176,7 @@ def _beside(path: str, out: Path, what: str) -> Path:
 
 
 def _plan(model, ranges, split: _CalibrationSplit, options: CalibrateOptions, encoding, high_precision: str, say):
-    from calibration.plan import Gate, plan_precision
+    from calibration.plan import plan_precision
 
     gate = Gate(max_top1_drop=options.max_top1_drop, min_logits_sqnr_db=options.min_logits_sqnr_db)
     return plan_precision(model, ranges, split.holdout_images, gate, holdout_labels=split.holdout_labels,
@@ -215,7 +216,7 @@ def _write_quality_report(model, staging: Path, out: Path, plan, quality_set, op
 
 
 def _write_trt_cache(cache: Path, ranges, staging: Path) -> list[Path]:
-    from calibration.trt_cache import sidecar_path, write_model_calibration_cache
+    from engines.trt_cache import sidecar_path, write_model_calibration_cache
 
     write_model_calibration_cache(staging / cache.name, ranges)
     return [cache, sidecar_path(cache)]

@@ -100,10 +100,11 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
     from calibration.data import ArrayCalibrationReader
     from calibration.inputs import image_input
     from calibration.metrics import accuracy, weight_range_spread, worst_spread
-    from calibration.plan import Gate, plan_precision, write_mixed_model
+    from calibration.plan import plan_precision, write_mixed_model
     from calibration.quantize import write_qdq_model
     from calibration.ranges import calibrate_ranges
     from calibration.targets import encoding_for
+    from engines.precision_plan import Gate
 
     model = directory / "model.onnx"
     test_images, test_labels = data["test"]

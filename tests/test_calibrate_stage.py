@@ -9,12 +9,12 @@ import pytest
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.fp16 import FP16_MAX
-from calibration.plan import PrecisionPlan
 from calibration.qdq import count_qdq, qdq_zero_point_violations, tensorrt_placement_violations
 from calibration.ranges import ActivationRanges, images_sha256
-from calibration.trt_cache import load_model_calibration_cache
 from engines.artifacts import load_image_set, save_image_set
 from engines.errors import UserError
+from engines.precision_plan import PrecisionPlan
+from engines.trt_cache import load_model_calibration_cache
 from mimicnorm_deploy.stages import CalibrateOptions, calibrate_stage
 
 N_IMAGES = 96

@@ -8,16 +8,11 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.metrics import accuracy, sqnr_db
-from calibration.plan import (
-    Gate,
-    PrecisionPlan,
-    layer_sensitivity,
-    plan_precision,
-    write_mixed_model,
-)
+from calibration.plan import layer_sensitivity, plan_precision, write_mixed_model
 from calibration.qdq import count_qdq, qdq_zero_point_violations, quantizable_layers, tensorrt_placement_violations
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
+from engines.precision_plan import Gate, PrecisionPlan
 
 OUTLIER = 1000.0  # how much larger the planted layer's dead weights are
 

@@ -5,7 +5,8 @@ import pytest
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.ranges import calibrate_ranges
-from calibration.trt_cache import (
+from engines.errors import UserError
+from engines.trt_cache import (
     CacheHeader,
     hex_to_scale,
     load_model_calibration_cache,
@@ -16,7 +17,6 @@ from calibration.trt_cache import (
     write_calibration_cache,
     write_model_calibration_cache,
 )
-from engines.errors import UserError
 
 
 def test_scale_hex_is_big_endian_float32_bits():

@@ -1,4 +1,7 @@
-"""TensorRT 10 (and older) INT8 calibration cache: write and read the text format.
+"""TensorRT 10 (and older) INT8 calibration cache: write and read the text format (numpy only).
+
+What a TensorRT 10 build consumes, so it lives in `engines`: the TensorRT backend reads it on a
+Jetson that has no onnxruntime, and `calibration` writes it through this module.
 
 Format (REFERENCE.md section 4): the first line is `TRT-<version>-<Algorithm>`, then one line per
 tensor, `<tensor name>: <hex>`, the hex being the big-endian bit pattern of the float32 scale
@@ -22,10 +25,10 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from calibration.ranges import ActivationRanges
 from engines.artifacts import atomic_write_text, read_json, sha256_file, write_json
 from engines.errors import UserError
 
@@ -33,6 +36,17 @@ from engines.errors import UserError
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 JETPACK6_TRT_VERSION = 100300  # TensorRT 10.3.0
 SIDECAR_SCHEMA = ("mimicnorm-deploy/trt-calibration-cache", 1)
+
+
+class CalibratedRanges(Protocol):
+    """What the cache and its sidecar are written from (calibration.ranges.ActivationRanges)."""
+
+    amax: dict[str, float]
+    model_sha256: str
+    calibration_sha256: str
+    method: str
+    percentile: float | None
+
 
 _HEADER = re.compile(r"TRT-(\d+)-(\w+)")
 _ENTRY = re.compile(r"(.+): ([0-9a-fA-F]{1,8})")
@@ -114,7 +128,7 @@ def sidecar_path(cache_path: str | os.PathLike) -> Path:
 
 def write_model_calibration_cache(
     path: str | os.PathLike,
-    ranges: ActivationRanges,
+    ranges: CalibratedRanges,
     trt_version: int = JETPACK6_TRT_VERSION,
     algorithm: str = "EntropyCalibration2",
 ) -> Path:

@@ -1,0 +1,102 @@
+"""The precision plan JSON (`<model>.plan.json`): which layers run in INT8 and which in high precision.
+
+What a mixed-precision engine is built from, so it lives in `engines` (numpy only): the TensorRT
+backend reads it on a Jetson that has no onnxruntime. `calibration.plan` makes plans (sensitivity,
+accuracy gate) and writes them through this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engines.artifacts import read_json, write_json
+from engines.errors import UserError
+
+PLAN_SCHEMA = ("mimicnorm-deploy/precision-plan", 2)  # 2: residual Adds are layers; activations, placement
+HIGH_PRECISIONS = ("fp16", "fp32")
+
+
+@dataclass
+class Gate:
+    """What the planned model must keep on the held-out images. At least one bound is required."""
+
+    max_top1_drop: float | None = None  # fraction: 0.01 = one point of top-1 (labels) or of agreement with FP32
+    min_logits_sqnr_db: float | None = None
+
+    def check(self) -> None:
+        if self.max_top1_drop is None and self.min_logits_sqnr_db is None:
+            raise UserError("accuracy gate is empty; give a maximum top-1 drop and/or a minimum logits SQNR")
+        if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 1:
+            raise UserError(f"maximum top-1 drop {self.max_top1_drop} is not a fraction in [0, 1]; pass e.g. 0.01")
+
+
+@dataclass
+class GateResult:
+    top1_drop: float  # FP32 accuracy minus this model's (with labels), else 1 - top-1 agreement with FP32
+    logits_sqnr_db: float
+    passed: bool
+
+
+@dataclass
+class LayerSensitivity:
+    node: str
+    op_type: str
+    logits_sqnr_db: float  # with only this layer in INT8; lower = more sensitive
+
+
+@dataclass
+class Move:
+    node: str
+    to: str  # the high precision type
+    reason: str
+
+
+@dataclass
+class PrecisionPlan:
+    model_sha256: str
+    calibration_sha256: str  # of the images the ranges were calibrated on
+    holdout_sha256: str  # of the held-out images the gate was measured on
+    method: str  # activation range calibration (calibration.ranges)
+    per_channel: bool
+    reduce_range: bool
+    activations: str  # INT8 activation encoding (calibration.quantize.ACTIVATION_ENCODINGS)
+    placement: str  # where the Q/DQ pairs go (calibration.quantize.PLACEMENTS)
+    high_precision: str  # "fp32" (CPU targets) or "fp16" (GPU targets)
+    gate: Gate
+    layers: dict[str, str]  # every quantizable layer's node name -> "int8" or the high precision type
+    sensitivity: list[LayerSensitivity]  # graph order
+    moved: list[Move] = field(default_factory=list)  # in the order the planner moved them
+    result: GateResult | None = None  # the gate measured on the final plan
+
+    @property
+    def high_precision_nodes(self) -> list[str]:
+        return [node for node, precision in self.layers.items() if precision != "int8"]
+
+    @property
+    def qdq_options(self) -> dict:
+        return qdq_options(self.per_channel, self.reduce_range, self.activations, self.placement)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(path, *PLAN_SCHEMA, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PrecisionPlan:
+        document = read_json(path, *PLAN_SCHEMA)
+        fields = {name: document[name] for name in cls.__dataclass_fields__}
+        fields["gate"] = Gate(**fields["gate"])
+        fields["sensitivity"] = [LayerSensitivity(**s) for s in fields["sensitivity"]]
+        fields["moved"] = [Move(**m) for m in fields["moved"]]
+        if fields["result"] is not None:
+            result = fields["result"]
+            # JSON has no infinity: an SQNR of identical logits is written as null.
+            sqnr = result["logits_sqnr_db"]
+            fields["result"] = GateResult(result["top1_drop"], float("inf") if sqnr is None else sqnr, result["passed"])
+        return cls(**fields)
+
+
+def qdq_options(per_channel: bool, reduce_range: bool, activations: str, placement: str) -> dict:
+    """How calibration.quantize.write_qdq_model encodes the INT8 layers, as its keyword arguments."""
+    return {"per_channel": per_channel, "reduce_range": reduce_range, "activations": activations,
+            "placement": placement}  # fmt: skip
