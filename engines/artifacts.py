@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -90,7 +91,17 @@ def write_json(path: str | os.PathLike, schema: str, version: int, payload: dict
     """
     document = _finite({"schema": schema, "schema_version": version, **payload})
     text = json.dumps(document, indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+    return atomic_write_text(path, _inline_number_lists(text) + "\n")
+
+
+# A JSON array holding only numbers, as json.dumps(indent=...) spreads it: one number per line.
+_NUMBER_LIST = re.compile(r"\[\n\s*(-?[0-9][0-9.eE+-]*(?:,\n\s*-?[0-9][0-9.eE+-]*)*)\n\s*\]")
+
+
+def _inline_number_lists(text: str) -> str:
+    # One line per number would make a bench file's thousands of raw latency samples ten times
+    # longer. The match needs raw newlines, which JSON strings never contain, so no string changes.
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
 def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, Any]:

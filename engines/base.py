@@ -44,6 +44,11 @@ class Runner(abc.ABC):
     def memory(self) -> dict[str, int]:
         """Backend memory figures in bytes (engine size, device/arena memory); may be empty."""
 
+    def timing(self) -> dict[str, float] | None:
+        """The last inference's split in ms (`gpu_compute_ms`, `h2d_ms`, `d2h_ms`, optionally
+        `enqueue_ms`) where the backend can measure it (CUDA events); None where it cannot."""
+        return None
+
     def __enter__(self) -> Runner:
         return self
 

@@ -25,15 +25,27 @@ import numpy as np
 from engines import load_runner
 from engines.base import Runner, TensorMeta
 from engines.errors import UserError
+from engines.fingerprint import environment_fingerprint, finish_fingerprint
 from engines.manifest import EngineManifest
 
 PROGRESS_INTERVAL_S = 0.25
 MIN_WARMUP_ITERATIONS = 3
 PERCENTILES = (50, 90, 95, 99)
+SAMPLE_DECIMALS = 3  # samples are kept in ms rounded to 1 us: finer than any timer jitter, compact in JSON
+# The per-inference split a GPU backend measures with CUDA events (Runner.timing), named like trtexec's.
+DEVICE_TIMING_KEYS = ("gpu_compute_ms", "h2d_ms", "d2h_ms", "enqueue_ms")
+TIMING_SOURCES = ("harness", "trtexec")
 
 
 @dataclass
 class LatencyResult:
+    """Latency of one engine at one batch size: summary statistics and the raw samples they come from.
+
+    `samples_ms` are host latencies (submit to outputs ready) in measurement order; `rounds` gives
+    how many of them each interleaved round contributed (None for one uninterrupted run). The
+    device lists, where present, hold one value per sample.
+    """
+
     batch_size: int
     iterations: int  # timed iterations, warm-up excluded
     warmup_iterations: int
@@ -45,9 +57,81 @@ class LatencyResult:
     p95_ms: float
     p99_ms: float
     throughput_ips: float  # images per second: batch_size * iterations / sum of timed latencies
+    samples_ms: list[float]
+    timing_source: str = "harness"  # "harness" (engines.bench) or "trtexec" (imported)
+    rounds: list[int] | None = None
+    gpu_compute_ms: list[float] | None = None
+    h2d_ms: list[float] | None = None
+    d2h_ms: list[float] | None = None
+    enqueue_ms: list[float] | None = None
+
+    @classmethod
+    def from_samples(
+        cls,
+        batch_size: int,
+        samples_ms: list[float] | np.ndarray,
+        *,
+        warmup_iterations: int = 0,
+        timing_source: str = "harness",
+        rounds: list[int] | None = None,
+        throughput_ips: float | None = None,
+        **device_samples_ms: list[float] | np.ndarray | None,
+    ) -> LatencyResult:
+        """Statistics from raw host latencies (kept, rounded to 1 us). `throughput_ips` defaults to
+        batch_size / mean latency; pass the tool's own figure where queries overlapped (trtexec
+        with several streams). `device_samples_ms`: any of DEVICE_TIMING_KEYS."""
+        unknown = set(device_samples_ms) - set(DEVICE_TIMING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown timing lists {sorted(unknown)}; known: {', '.join(DEVICE_TIMING_KEYS)}")
+        if timing_source not in TIMING_SOURCES:
+            raise ValueError(f"timing_source {timing_source!r} is not one of {TIMING_SOURCES}")
+        samples = np.round(np.asarray(samples_ms, dtype=np.float64), SAMPLE_DECIMALS)
+        if samples.ndim != 1 or samples.size == 0:
+            raise ValueError("samples_ms must be a non-empty list of latencies")
+        if rounds is not None and sum(rounds) != samples.size:
+            raise ValueError(f"rounds {rounds} do not add up to the {samples.size} samples")
+        p50, p90, p95, p99 = np.percentile(samples, PERCENTILES, method="linear")
+        device = {key: _rounded_list(values) for key, values in device_samples_ms.items() if values is not None}
+        return cls(
+            batch_size=batch_size,
+            iterations=int(samples.size),
+            warmup_iterations=warmup_iterations,
+            mean_ms=float(samples.mean()),
+            min_ms=float(samples.min()),
+            max_ms=float(samples.max()),
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p95_ms=float(p95),
+            p99_ms=float(p99),
+            throughput_ips=throughput_ips if throughput_ips is not None else batch_size * 1000.0 / samples.mean(),
+            samples_ms=samples.tolist(),
+            timing_source=timing_source,
+            rounds=list(rounds) if rounds is not None else None,
+            **device,
+        )
+
+    @classmethod
+    def from_dict(cls, entry: dict, where: str = "bench file") -> LatencyResult:
+        """A latency entry of a bench JSON; one-line UserError where it lacks what comparisons need."""
+        if not entry.get("samples_ms"):
+            raise UserError(
+                f"{where}: batch {entry.get('batch_size', '?')} has no raw latency samples; "
+                "re-run 'mimicnorm-deploy bench' with this version"
+            )
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in entry.items() if key in names})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # Device lists and rounds are left out where not measured, rather than written as null.
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def device_timing_keys(self) -> list[str]:
+        """The device-side lists this result holds (empty for a CPU engine: host latency only)."""
+        return [key for key in DEVICE_TIMING_KEYS if getattr(self, key) is not None]
+
+
+def _rounded_list(values: list[float] | np.ndarray) -> list[float]:
+    return np.round(np.asarray(values, dtype=np.float64), SAMPLE_DECIMALS).tolist()
 
 
 def random_input(meta: TensorMeta, batch_size: int, seed: int = 0) -> np.ndarray:
@@ -67,6 +151,73 @@ def random_input(meta: TensorMeta, batch_size: int, seed: int = 0) -> np.ndarray
     return rng.random((batch_size, *other_dims)).astype(meta.dtype)
 
 
+@dataclass
+class TimedSamples:
+    """Latencies of consecutive inferences: host ms, and each device list Runner.timing() gave."""
+
+    host_ms: list[float] = dataclasses.field(default_factory=list)
+    device_ms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def extend(self, other: TimedSamples) -> None:
+        self.host_ms.extend(other.host_ms)
+        for key, values in other.device_ms.items():
+            self.device_ms.setdefault(key, []).extend(values)
+
+
+def warm_up(runner: Runner, feeds: dict[str, np.ndarray], warmup_s: float) -> int:
+    """Run for `warmup_s` (at least MIN_WARMUP_ITERATIONS times); return how many runs that took."""
+    iterations = 0
+    start = time.perf_counter()
+    while iterations < MIN_WARMUP_ITERATIONS or time.perf_counter() - start < warmup_s:
+        runner.infer(feeds)
+        iterations += 1
+    return iterations
+
+
+def time_inferences(
+    runner: Runner,
+    feeds: dict[str, np.ndarray],
+    *,
+    min_iterations: int,
+    min_duration_s: float,
+    max_iterations: int = 100000,
+    progress: Callable[[int, int], None] | None = None,
+) -> TimedSamples:
+    """Time single synchronous inferences until both `min_iterations` and `min_duration_s` are
+    reached (or `max_iterations`). `progress(done, expected)` is called about every 0.25 s."""
+    timed = TimedSamples()
+    device: dict[str, list[float]] = {}
+    # A collection pause inside a timed call would show up as an inference outlier.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        loop_start = last_report = time.perf_counter()
+        while len(timed.host_ms) < max_iterations and (
+            len(timed.host_ms) < min_iterations or time.perf_counter() - loop_start < min_duration_s
+        ):
+            start = time.perf_counter()
+            runner.infer(feeds)
+            end = time.perf_counter()
+            timed.host_ms.append((end - start) * 1000.0)
+            for key, value in (runner.timing() or {}).items():
+                device.setdefault(key, []).append(value)
+            if progress is not None and end - last_report >= PROGRESS_INTERVAL_S:
+                last_report = end
+                progress(len(timed.host_ms), _expected_iterations(timed.host_ms, min_iterations, min_duration_s,
+                                                                  max_iterations))  # fmt: skip
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    # A list is kept only if every inference reported it: a partial list cannot be paired with the samples.
+    timed.device_ms = {key: values for key, values in device.items() if len(values) == len(timed.host_ms)}
+    return timed
+
+
+def benchmark_feeds(runner: Runner, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    first_input = runner.inputs[0]
+    return {first_input.name: random_input(first_input, batch_size, seed)}
+
+
 def measure_latency(
     runner: Runner,
     batch_size: int,
@@ -83,61 +234,26 @@ def measure_latency(
 
     Percentiles use numpy's "linear" method (interpolation between the two nearest samples).
     """
-    first_input = runner.inputs[0]
-    feeds = {first_input.name: random_input(first_input, batch_size, seed)}
-
+    feeds = benchmark_feeds(runner, batch_size, seed)
     if progress is not None:
         progress(f"batch {batch_size}: warm-up")
-    warmup_iterations = 0
-    warmup_start = time.perf_counter()
-    while warmup_iterations < MIN_WARMUP_ITERATIONS or time.perf_counter() - warmup_start < warmup_s:
-        runner.infer(feeds)
-        warmup_iterations += 1
+    warmup_iterations = warm_up(runner, feeds, warmup_s)
 
-    latencies_s: list[float] = []
-    # A collection pause inside a timed call would show up as an inference outlier.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        loop_start = last_report = time.perf_counter()
-        while len(latencies_s) < max_iterations and (
-            len(latencies_s) < min_iterations or time.perf_counter() - loop_start < min_duration_s
-        ):
-            start = time.perf_counter()
-            runner.infer(feeds)
-            end = time.perf_counter()
-            latencies_s.append(end - start)
-            if progress is not None and end - last_report >= PROGRESS_INTERVAL_S:
-                last_report = end
-                expected = _expected_iterations(latencies_s, min_iterations, min_duration_s, max_iterations)
-                progress(f"batch {batch_size}: {len(latencies_s)}/{expected} iterations")
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    if progress is not None:
-        progress(f"batch {batch_size}: {len(latencies_s)}/{len(latencies_s)} iterations")
+    def report(done: int, expected: int) -> None:
+        if progress is not None:
+            progress(f"batch {batch_size}: {done}/{expected} iterations")
 
-    latencies_ms = np.asarray(latencies_s) * 1000.0
-    p50, p90, p95, p99 = np.percentile(latencies_ms, PERCENTILES, method="linear")
-    return LatencyResult(
-        batch_size=batch_size,
-        iterations=len(latencies_s),
-        warmup_iterations=warmup_iterations,
-        mean_ms=float(latencies_ms.mean()),
-        min_ms=float(latencies_ms.min()),
-        max_ms=float(latencies_ms.max()),
-        p50_ms=float(p50),
-        p90_ms=float(p90),
-        p95_ms=float(p95),
-        p99_ms=float(p99),
-        throughput_ips=batch_size * len(latencies_s) / float(np.sum(latencies_s)),
-    )
+    timed = time_inferences(runner, feeds, min_iterations=min_iterations, min_duration_s=min_duration_s,
+                            max_iterations=max_iterations, progress=report)  # fmt: skip
+    report(len(timed.host_ms), len(timed.host_ms))
+    return LatencyResult.from_samples(batch_size, timed.host_ms, warmup_iterations=warmup_iterations,
+                                      **timed.device_ms)  # fmt: skip
 
 
-def _expected_iterations(latencies_s: list[float], min_iterations: int, min_duration_s: float, cap: int) -> int:
+def _expected_iterations(latencies_ms: list[float], min_iterations: int, min_duration_s: float, cap: int) -> int:
     # For the progress display only: how many runs the duration target will take at the current pace.
-    pace = sum(latencies_s) / len(latencies_s)
-    return min(cap, max(min_iterations, len(latencies_s), math.ceil(min_duration_s / max(pace, 1e-9))))
+    pace_s = sum(latencies_ms) / len(latencies_ms) / 1000.0
+    return min(cap, max(min_iterations, len(latencies_ms), math.ceil(min_duration_s / max(pace_s, 1e-9))))
 
 
 def peak_rss_fresh_process(engine_dir: str | os.PathLike, batch_size: int, iterations: int = 20) -> dict:
@@ -183,10 +299,12 @@ def bench_engine(
 ) -> dict:
     """Latency at each batch size, then memory at the largest, for the engine in `engine_dir`.
 
-    Returns {"engine": manifest fields, "latency": [LatencyResult.to_dict(), ...],
-    "memory": {"peak_rss_bytes", "baseline_rss_bytes", "rss_batch_size", **runner.memory()}}.
+    Returns {"engine": manifest fields, "environment": environment_fingerprint(), "latency":
+    [LatencyResult.to_dict(), ...], "memory": {"peak_rss_bytes", "baseline_rss_bytes", "rss_batch_size",
+    **runner.memory()}}.
     """
     manifest = EngineManifest.read(engine_dir)
+    environment = environment_fingerprint()
     latency = []
     with load_runner(engine_dir) as runner:
         for batch_size in batch_sizes:
@@ -204,4 +322,10 @@ def bench_engine(
     if progress is not None:
         progress(f"memory: fresh process, batch {rss_batch_size}")
     memory = {**peak_rss_fresh_process(engine_dir, rss_batch_size), "rss_batch_size": rss_batch_size, **runner_memory}
-    return {"engine": dataclasses.asdict(manifest), "latency": latency, "memory": memory}
+    return {
+        "engine": dataclasses.asdict(manifest),
+        # The load average after includes this benchmark's own process (about 1 on an idle machine).
+        "environment": finish_fingerprint(environment),
+        "latency": latency,
+        "memory": memory,
+    }

@@ -309,6 +309,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     for r in record.get("latency", []):
         print(f"batch {r['batch_size']:4d}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, "
               f"p99 {r['p99_ms']:.3f} ms, {r['throughput_ips']:.0f} img/s ({r['iterations']} iterations)")  # fmt: skip
+    if record.get("latency") and "gpu_compute_ms" not in record["latency"][0]:
+        print("host latency only: this backend gives no device-side split (GPU compute, H2D, D2H)")
     if "accuracy" in record and record["accuracy"]["accuracy"] is not None:
         print(f"accuracy {100 * record['accuracy']['accuracy']:.2f}% on {record['accuracy']['images']} images")
     print(f"written {args.out}")

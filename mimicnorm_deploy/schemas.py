@@ -3,6 +3,6 @@
 
 TRAIN_REPORT = ("mimicnorm-deploy/train-report", 1)
 CALIBRATION = ("mimicnorm-deploy/calibration", 2)  # 2: encoding, plan, quality, hold-out
-BENCH = ("mimicnorm-deploy/bench", 1)
+BENCH = ("mimicnorm-deploy/bench", 2)  # 2: raw samples, device timing lists, environment fingerprint
 REPORT = ("mimicnorm-deploy/report", 1)
 MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)

@@ -4,7 +4,7 @@ import tiny_onnx
 
 from engines import build_engine, load_runner
 from engines.base import Runner, TensorMeta
-from engines.bench import bench_engine, measure_latency, peak_rss_fresh_process
+from engines.bench import LatencyResult, bench_engine, measure_latency, peak_rss_fresh_process
 from engines.errors import UserError
 
 
@@ -32,7 +32,68 @@ def test_latency_statistics_are_ordered_and_consistent(engine_dir):
     assert images_per_s_at_mean / 2 < result.throughput_ips < images_per_s_at_mean * 2
     assert messages[0] == "batch 8: warm-up"
     assert messages[-1] == f"batch 8: {result.iterations}/{result.iterations} iterations"
-    assert set(result.to_dict()) >= {"p90_ms", "throughput_ips", "iterations"}
+    assert set(result.to_dict()) >= {"p90_ms", "throughput_ips", "iterations", "samples_ms", "timing_source"}
+    # The statistics are those of the kept samples, and a CPU engine has no device-side timing.
+    assert len(result.samples_ms) == result.iterations
+    assert result.p50_ms == pytest.approx(np.median(result.samples_ms))
+    assert result.max_ms == max(result.samples_ms)
+    assert result.device_timing_keys() == []
+    assert "gpu_compute_ms" not in result.to_dict()
+
+
+def test_from_samples_matches_numpy_and_rounds_to_a_microsecond():
+    samples = [1.00049, 2.0, 3.0, 4.0, 10.0]
+    result = LatencyResult.from_samples(4, samples, gpu_compute_ms=[0.5] * 5, timing_source="trtexec")
+    assert result.samples_ms == [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert result.p50_ms == 3.0
+    assert result.p90_ms == pytest.approx(np.percentile(result.samples_ms, 90))
+    assert result.mean_ms == 4.0 and result.min_ms == 1.0 and result.max_ms == 10.0
+    assert result.throughput_ips == pytest.approx(4 * 1000 / 4.0)
+    assert result.device_timing_keys() == ["gpu_compute_ms"]
+    assert LatencyResult.from_dict(result.to_dict()) == result
+    overlapped = LatencyResult.from_samples(4, samples, throughput_ips=5000.0)
+    assert overlapped.throughput_ips == 5000.0
+
+
+def test_from_samples_refuses_what_it_cannot_pair():
+    with pytest.raises(ValueError, match="unknown timing lists"):
+        LatencyResult.from_samples(1, [1.0], gpu_ms=[1.0])
+    with pytest.raises(ValueError, match="rounds"):
+        LatencyResult.from_samples(1, [1.0, 2.0], rounds=[1, 2])
+    with pytest.raises(ValueError, match="non-empty"):
+        LatencyResult.from_samples(1, [])
+
+
+def test_a_v1_entry_without_samples_is_a_one_line_error():
+    old = {"batch_size": 1, "iterations": 3, "p50_ms": 1.0}
+    with pytest.raises(UserError, match="batch 1 has no raw latency samples; re-run"):
+        LatencyResult.from_dict(old, "old.json")
+
+
+class FakeGpuRunner(Runner):
+    """A fake GPU engine: reports a fixed device-side split after every inference."""
+
+    inputs = [TensorMeta("images", ("batch", 1, 4, 4), "float32")]
+    outputs = [TensorMeta("logits", ("batch", 3), "float32")]
+
+    def infer(self, feeds):
+        return {"logits": np.zeros((len(feeds["images"]), 3), np.float32)}
+
+    def close(self):
+        pass
+
+    def memory(self):
+        return {}
+
+    def timing(self):
+        return {"gpu_compute_ms": 0.25, "h2d_ms": 0.125, "d2h_ms": 0.0625}
+
+
+def test_device_timing_is_kept_per_sample():
+    result = measure_latency(FakeGpuRunner(), 2, warmup_s=0, min_iterations=7, min_duration_s=0)
+    assert result.device_timing_keys() == ["gpu_compute_ms", "h2d_ms", "d2h_ms"]
+    assert result.gpu_compute_ms == [0.25] * result.iterations
+    assert result.h2d_ms == [0.125] * result.iterations
 
 
 def test_max_iterations_caps_the_timed_loop(engine_dir):
@@ -83,6 +144,10 @@ def test_bench_engine_reports_every_batch_size_and_memory(engine_dir):
     assert report["memory"]["model_file_bytes"] == (engine_dir / "model.onnx").stat().st_size
     assert report["memory"]["peak_rss_bytes"] >= report["memory"]["baseline_rss_bytes"] > 0
     assert "memory: fresh process, batch 4" in messages
+    environment = report["environment"]
+    assert environment["cpu"]["logical_cores"] >= 1
+    assert len(environment["load_average_before"]) == len(environment["load_average_after"]) == 3
+    assert "numpy" in environment["versions"]
 
 
 def test_rss_probe_does_not_inherit_the_parents_peak(tmp_path):
