@@ -46,7 +46,7 @@ class ModelQuality:
     top1_agreement: float  # simulated
     accuracy_fp32: float | None  # with labels
     accuracy: float | None  # simulated, with labels
-    kernels: str | None  # what ran the target's kernels ("onnxruntime-cpu"), None where they cannot run here
+    kernels: str | None  # the backend that ran the target's kernels ("onnxruntime"), None where they cannot run here
     kernel_accuracy: float | None = None
     kernel_top1_agreement: float | None = None
     kernel_logits_sqnr_db: float | None = None

@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from engines.errors import UserError
+from engines.schemas import RUN_MANIFEST
 
 MANIFEST_NAME = "manifest.json"
-RUN_MANIFEST_SCHEMA = "mimicnorm-deploy/run-manifest"
-RUN_MANIFEST_VERSION = 1
 
 
 @contextlib.contextmanager
@@ -104,8 +103,11 @@ def _inline_number_lists(text: str) -> str:
     return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
-def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, Any]:
-    """Read a JSON artifact and check its schema name and version; raise UserError otherwise."""
+def read_json(
+    path: str | os.PathLike, schema: str, version: int, *, hint: str = "re-run the stage that wrote it"
+) -> dict[str, Any]:
+    """Read a JSON artifact and check its schema name and version; raise UserError otherwise
+    (`hint`: how to get a file of this version)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such file; check the path or run the stage that writes it")
@@ -119,7 +121,7 @@ def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, A
     if document.get("schema_version") != version:
         raise UserError(
             f"{p}: {schema} schema version {document.get('schema_version')} is not supported "
-            f"(this toolkit reads version {version}); re-run the stage that wrote it"
+            f"(this toolkit reads version {version}); {hint}"
         )
     return document
 
@@ -192,7 +194,7 @@ def record_artifact(
         "machine": {"platform": platform.platform(), "processor": platform.machine()},
         "created": now_utc(),
     }
-    write_json(run / MANIFEST_NAME, RUN_MANIFEST_SCHEMA, RUN_MANIFEST_VERSION, {"artifacts": manifest["artifacts"]})
+    write_json(run / MANIFEST_NAME, *RUN_MANIFEST, {"artifacts": manifest["artifacts"]})
     return manifest["artifacts"][rel]
 
 
@@ -217,7 +219,7 @@ def _load_run_manifest(run: Path) -> dict[str, Any]:
     path = run / MANIFEST_NAME
     if not path.is_file():
         return {"artifacts": {}}
-    return read_json(path, RUN_MANIFEST_SCHEMA, RUN_MANIFEST_VERSION)
+    return read_json(path, *RUN_MANIFEST)
 
 
 def _relative(run: Path, path: str | os.PathLike) -> str:

@@ -94,3 +94,11 @@ def needs_reduce_range(features: CpuFeatures) -> bool:
 def cpu_device() -> dict:
     """The `device` entry of a CPU engine's manifest for this machine."""
     return {**cpu_features().to_dict(), "name": "cpu"}
+
+
+def cpu_fingerprint(device: dict) -> str:
+    """What a CPU engine is bound to, from its `device` entry: the architecture and whether INT8
+    runs on dot-product instructions (which decides if 7-bit weights were needed), not the exact
+    CPU model."""
+    dot = "with" if device.get("int8_dot_product") else "without"
+    return f"{device.get('arch', '?')} CPU {dot} INT8 dot product"

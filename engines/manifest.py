@@ -1,5 +1,7 @@
-"""The engine manifest (engine_dir/engine.json): what an engine was built from, with what and for
-which device; checked before every load so a stale or foreign engine is rebuilt, not trusted."""
+"""The engine manifest (engine_dir/engine.json): what an engine was built from, by which backend,
+for which target and device; checked before every load so a stale or foreign engine is rebuilt,
+not trusted. The same fields for every backend; what only one backend knows sits in
+`backend_options` (how the runner must run it), `build_flags` and `device`."""
 
 from __future__ import annotations
 
@@ -10,75 +12,67 @@ from pathlib import Path
 
 from engines.artifacts import read_json, sha256_file, write_json
 from engines.errors import UserError
+from engines.schemas import ENGINE_MANIFEST
 
-ENGINE_MANIFEST_SCHEMA = "mimicnorm-deploy/engine-manifest"
-ENGINE_MANIFEST_VERSION = 1
 ENGINE_MANIFEST_NAME = "engine.json"
 REBUILD_HINT = "rebuild the engine on this device with 'mimicnorm-deploy build'"
+PRECISIONS = ("fp32", "fp16", "int8", "plan")
 
 
 @dataclass
 class EngineManifest:
-    backend: str  # e.g. "onnxruntime-cpu"
+    backend: str  # a name in engines.registry.BACKENDS
     backend_version: str
-    model_file: str  # relative to the engine directory
-    model_sha256: str  # of the engine's own copy of the model
-    precision: str  # "fp32", "fp16" or "int8"
-    device: dict  # CPU: cpu_device() (arch, flags, int8_dot_product, name "cpu"); GPU: at least "name"
-    build_flags: dict
-    session_options: dict
+    target: str  # a name in engines.targets.TARGETS
+    precision: str  # one of PRECISIONS; "plan": mixed precision from a precision plan (plan_sha256)
+    engine_file: str  # what the runner loads, relative to the engine directory
+    engine_sha256: str
+    model_sha256: str  # of the ONNX model the engine was built from
+    source_model: str  # that model's path at build time (informational)
+    device_fingerprint: str  # what the engine is bound to: loading elsewhere asks for a rebuild
+    device: dict  # backend-specific details (CPU: engines.cpu.cpu_device(); GPU: name, compute capability...)
+    backend_options: dict  # the backend's Options the runner must reproduce (ONNX Runtime: session options)
+    build_flags: dict  # backend-specific build details (informational)
     created: str  # UTC ISO 8601
+    plan_sha256: str | None = None  # the precision plan's, when precision is "plan"
 
     def write(self, engine_dir: str | os.PathLike) -> Path:
-        return write_json(
-            Path(engine_dir) / ENGINE_MANIFEST_NAME,
-            ENGINE_MANIFEST_SCHEMA,
-            ENGINE_MANIFEST_VERSION,
-            dataclasses.asdict(self),
-        )
+        return write_json(Path(engine_dir) / ENGINE_MANIFEST_NAME, *ENGINE_MANIFEST, dataclasses.asdict(self))
 
     @classmethod
     def read(cls, engine_dir: str | os.PathLike) -> EngineManifest:
         path = Path(engine_dir) / ENGINE_MANIFEST_NAME
         if not path.is_file():
             raise UserError(f"{engine_dir}: not an engine directory; build one with 'mimicnorm-deploy build'")
-        document = read_json(path, ENGINE_MANIFEST_SCHEMA, ENGINE_MANIFEST_VERSION)
-        names = [field.name for field in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in document]
+        document = read_json(path, *ENGINE_MANIFEST, hint=REBUILD_HINT)
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in document and f.default is dataclasses.MISSING]
         if missing:
             raise UserError(f"{path}: engine manifest lacks {', '.join(missing)}; {REBUILD_HINT}")
-        return cls(**{name: document[name] for name in names})
+        return cls(**{f.name: document[f.name] for f in fields if f.name in document})
 
 
 def check_engine(
     manifest: EngineManifest,
     engine_dir: str | os.PathLike,
-    current_device: dict,
+    device_fingerprint: str,
     *,
     backend_version: str | None = None,
 ) -> None:
-    """Raise UserError unless the engine's model file is intact and the engine was built for
-    `current_device` (and, when given, the installed `backend_version`)."""
-    model_path = Path(engine_dir) / manifest.model_file
-    if not model_path.is_file():
-        raise UserError(f"{model_path}: engine model file is missing; {REBUILD_HINT}")
-    if sha256_file(model_path) != manifest.model_sha256:
-        raise UserError(f"{model_path}: engine model file changed since build; {REBUILD_HINT}")
+    """Raise UserError unless the engine file is intact and the engine was built for the device
+    whose fingerprint is `device_fingerprint` (and, when given, the installed `backend_version`)."""
+    engine_path = Path(engine_dir) / manifest.engine_file
+    if not engine_path.is_file():
+        raise UserError(f"{engine_path}: engine file is missing; {REBUILD_HINT}")
+    if sha256_file(engine_path) != manifest.engine_sha256:
+        raise UserError(f"{engine_path}: engine file changed since build; {REBUILD_HINT}")
     if backend_version is not None and backend_version != manifest.backend_version:
         raise UserError(
             f"{engine_dir}: engine built for {manifest.backend} {manifest.backend_version}, this machine is "
             f"{manifest.backend} {backend_version}: {REBUILD_HINT}"
         )
-    built_for, here = _device_identity(manifest.device), _device_identity(current_device)
-    if built_for != here:
-        raise UserError(f"{engine_dir}: engine built for {built_for}, this machine is {here}: {REBUILD_HINT}")
-
-
-def _device_identity(device: dict) -> str:
-    # A CPU engine depends on the architecture and on whether INT8 runs on dot-product
-    # instructions (which decides if 7-bit weights were needed), not on the exact CPU model;
-    # a GPU engine depends on the exact GPU.
-    if device.get("name") == "cpu":
-        dot = "with" if device.get("int8_dot_product") else "without"
-        return f"{device.get('arch', '?')} CPU {dot} INT8 dot product"
-    return str(device.get("name", "unknown device"))
+    if manifest.device_fingerprint != device_fingerprint:
+        raise UserError(
+            f"{engine_dir}: engine built for {manifest.device_fingerprint}, this machine is {device_fingerprint}: "
+            f"{REBUILD_HINT}"
+        )

@@ -3,7 +3,8 @@
     python -m engines.rss_probe ENGINE_DIR --batch N --iterations K
 
 prints one JSON line: {"baseline_rss_bytes": ..., "peak_rss_bytes": ..., ...}. The baseline is
-taken after importing numpy and onnxruntime, so peak - baseline is what the engine itself costs.
+taken after importing numpy and the engine's backend (its runtime library), so peak - baseline is
+what the engine itself costs.
 A problem with the engine is printed as "error: ..." on stderr with exit status 2.
 """
 
@@ -14,13 +15,11 @@ import json
 import resource
 import sys
 
-# Imported before the baseline is read: every deployment loads them, the engine is the rest.
-import numpy as np  # noqa: F401
-import onnxruntime  # noqa: F401
-
 from engines import load_runner
 from engines.bench import random_input
 from engines.errors import UserError
+from engines.manifest import EngineManifest
+from engines.registry import get_backend
 
 
 def max_rss_bytes() -> int:
@@ -48,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args(argv)
 
-    baseline = max_rss_bytes()
     try:
+        # Imported before the baseline is read: every deployment loads it, the engine is the rest.
+        get_backend(EngineManifest.read(args.engine_dir).backend)
+        baseline = max_rss_bytes()
         with load_runner(args.engine_dir) as runner:
             first_input = runner.inputs[0]
             feeds = {first_input.name: random_input(first_input, args.batch)}

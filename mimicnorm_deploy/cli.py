@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines import DEFAULT_BACKEND
 from engines.errors import UserError
+from engines.registry import BACKENDS
 from engines.targets import DEFAULT_TARGET, TARGETS
 
 
@@ -146,7 +148,7 @@ def _profile_memory_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_profile_memory(args: argparse.Namespace) -> None:
     _needs_torch()
     from engines.artifacts import write_json
-    from mimicnorm_deploy.schemas import MEMORY_PROFILE
+    from engines.schemas import MEMORY_PROFILE
     from mimicnorm_deploy.training.memory import compare_memory
 
     norms = tuple(args.norms.split(","))
@@ -269,16 +271,30 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model")
     p.add_argument("--out", required=True, help="engine directory")
+    p.add_argument("--backend", default=DEFAULT_BACKEND,
+                   help=f"the runtime that builds and runs the engine (default {DEFAULT_BACKEND}): "
+                   f"{', '.join(BACKENDS)}")  # fmt: skip
     p.add_argument("--precision", required=True, choices=["fp32", "int8"])
-    p.add_argument("--simulate", action="store_true", help="run Q/DQ as float ops (INT8 simulated)")
+    p.add_argument("--simulate", action="store_true", help="onnxruntime: run Q/DQ as float ops (INT8 simulated)")
+
+
+def _build_options(args: argparse.Namespace) -> dict:
+    """The backend options the command line set; engines.registry.backend_options refuses those
+    the backend does not have."""
+    values = {"precision": args.precision}
+    if args.simulate:
+        values["graph_optimization"] = "disabled"
+    return values
 
 
 def _cmd_build(args: argparse.Namespace) -> None:
+    from engines.registry import backend_options
     from mimicnorm_deploy.stages import build_stage
 
-    manifest = build_stage(args.model, args.out, precision=args.precision, simulate=args.simulate)
-    print(f"{args.out}: {manifest.backend} {manifest.backend_version}, {manifest.precision}, "
-          f"session options {manifest.session_options}")  # fmt: skip
+    options = backend_options(args.backend, **_build_options(args))
+    manifest = build_stage(args.model, args.out, backend=args.backend, options=options)
+    print(f"{args.out}: {manifest.backend} {manifest.backend_version}, {manifest.precision} for target "
+          f"{manifest.target}, backend options {manifest.backend_options}")  # fmt: skip
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -374,7 +390,7 @@ COMMANDS = [
     Command("export", _cmd_export, _export_arguments, "export a frozen checkpoint to ONNX"),
     Command("calibrate", _cmd_calibrate, _calibrate_arguments,
             "INT8 (or gated INT8/FP16/FP32) Q/DQ ONNX for a target, with a quality report"),
-    Command("build", _cmd_build, _build_arguments, "build an ONNX Runtime CPU engine directory"),
+    Command("build", _cmd_build, _build_arguments, "build an engine directory with one backend"),
     Command("bench", _cmd_bench, _bench_arguments, "latency, memory and accuracy of an engine"),
     Command("report", _cmd_report, _report_arguments, "JSON + Markdown + PNG report of a run directory"),
 ]  # fmt: skip

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.registry import backend_options
 from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, TENSORRT_VARIANT, VARIANTS, RunLayout
 from mimicnorm_deploy.stages import (
     CalibrateOptions,
@@ -81,7 +82,8 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
         reference_logits = None
         for variant in VARIANTS:
             precision = "fp32" if variant == "fp32" else "int8"
-            build_stage(layout.onnx(norm, variant), layout.engine(norm, variant), precision=precision)
+            options = backend_options("onnxruntime", precision=precision)
+            build_stage(layout.onnx(norm, variant), layout.engine(norm, variant), options=options)
             result, logits = bench_stage(
                 layout.engine(norm, variant), layout.bench(norm, variant), eval_set=layout.test_set,
                 reference_logits=reference_logits, min_duration_s=bench_seconds,
@@ -91,8 +93,8 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
                 reference_logits = logits
             else:
                 simulated = variant + SIMULATED_SUFFIX
-                build_stage(layout.onnx(norm, variant), layout.engine(norm, simulated), precision=precision,
-                            simulate=True)  # fmt: skip
+                simulate = backend_options("onnxruntime", precision=precision, graph_optimization="disabled")
+                build_stage(layout.onnx(norm, variant), layout.engine(norm, simulated), options=simulate)
                 bench_stage(layout.engine(norm, simulated), layout.bench(norm, simulated), eval_set=layout.test_set,
                             reference_logits=reference_logits, latency=False)  # fmt: skip
             accuracy = result["accuracy"]["accuracy"]

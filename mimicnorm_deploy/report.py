@@ -10,8 +10,8 @@ from typing import Any
 
 from engines.artifacts import atomic_path, atomic_write_text, now_utc, read_json, write_json
 from engines.errors import UserError
+from engines.schemas import BENCH, CALIBRATION, REPORT, TRAIN_REPORT
 from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, VARIANTS, RunLayout
-from mimicnorm_deploy.schemas import BENCH, CALIBRATION, REPORT, TRAIN_REPORT
 
 NORM_LABELS = {"mimic": "MimicNorm", "bn": "BN-folded"}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from engines import DEFAULT_BACKEND
 from engines.artifacts import (
     load_image_set,
     record_artifact,
@@ -26,8 +27,8 @@ from engines.artifacts import (
 )
 from engines.errors import UserError
 from engines.precision_plan import Gate
+from engines.schemas import BENCH, CALIBRATION
 from engines.targets import DEFAULT_TARGET, get_target
-from mimicnorm_deploy.schemas import BENCH, CALIBRATION
 
 Progress = Callable[[str], None]
 
@@ -208,11 +209,18 @@ def _write_quality_report(model, staging: Path, out: Path, plan, quality_set, op
         model, staging / out.name, images, labels, image_set=image_set,
         precisions=plan.layers if plan else None,
         sensitivity={s.node: s.logits_sqnr_db for s in plan.sensitivity} if plan else None,
-        kernels="onnxruntime-cpu" if get_target(options.target).backend == "onnxruntime" else None,
+        kernels=_kernels_run_here(options.target),
     )  # fmt: skip
     write_quality_markdown(quality, title, staging / out.with_suffix(".quality.md").name)
     render_quality_plot(quality, title, staging / out.with_suffix(".quality.png").name)
     return quality, [out.with_suffix(".quality.md"), out.with_suffix(".quality.png")]
+
+
+def _kernels_run_here(target: str) -> str | None:
+    """The target's backend when its INT8 kernels run on this machine (ONNX Runtime's CPU kernels),
+    else None: the quality report then claims no kernel figures."""
+    backend = get_target(target).backend
+    return backend if backend == "onnxruntime" else None
 
 
 def _write_trt_cache(cache: Path, ranges, staging: Path) -> list[Path]:
@@ -304,12 +312,13 @@ def calibrate_stage(
     return record
 
 
-def build_stage(model: str | os.PathLike, engine_dir: str | os.PathLike, *, precision: str, simulate: bool = False):
-    """ONNX Runtime CPU engine; `simulate` runs Q/DQ as float ops (graph optimizations off)."""
+def build_stage(
+    model: str | os.PathLike, engine_dir: str | os.PathLike, *, backend: str = DEFAULT_BACKEND, options: Any = None
+):
+    """An engine directory built by `backend` (engines.registry) with its `options` (None: defaults)."""
     from engines import build_engine
 
-    return build_engine(_verified(model), engine_dir, precision=precision,
-                        graph_optimization="disabled" if simulate else "all")  # fmt: skip
+    return build_engine(_verified(model), engine_dir, backend=backend, options=options)
 
 
 def bench_stage(

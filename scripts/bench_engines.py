@@ -12,6 +12,7 @@ rounds. Prints INT8 / FP32 per model and MimicNorm / BN-folded per engine varian
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from pathlib import Path
@@ -19,6 +20,20 @@ from pathlib import Path
 from engines import load_runner
 from engines.bench import measure_latency
 from mimicnorm_deploy.layout import NORMS_COMPARED, VARIANTS, RunLayout
+
+
+def measure_rounds(runners: dict, batch_sizes: list[int], rounds: int, seconds: float) -> dict:
+    """p50 latencies per (norm, variant, batch), one per round, engines in a rotating order."""
+    keys = list(runners)
+    p50: dict[tuple[str, str, int], list[float]] = {(*key, b): [] for key in keys for b in batch_sizes}
+    for round_index in range(rounds):
+        order = keys[round_index % len(keys) :] + keys[: round_index % len(keys)]
+        for key in order:
+            for batch in batch_sizes:
+                result = measure_latency(runners[key], batch, warmup_s=0.2, min_iterations=10, min_duration_s=seconds)
+                p50[(*key, batch)].append(result.p50_ms)
+        print(f"round {round_index + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return p50
 
 
 def main() -> int:
@@ -37,19 +52,10 @@ def main() -> int:
         print(f"error: no engines under {args.run_dir}; run 'mimicnorm-deploy demo' first", file=sys.stderr)
         return 2
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    runners = {key: load_runner(path) for key, path in engines.items()}
-    keys = list(runners)
-    p50: dict[tuple[str, str, int], list[float]] = {(*key, b): [] for key in keys for b in batch_sizes}
-    for round_index in range(args.rounds):
-        order = keys[round_index % len(keys) :] + keys[: round_index % len(keys)]
-        for key in order:
-            for batch in batch_sizes:
-                result = measure_latency(runners[key], batch, warmup_s=0.2, min_iterations=10,
-                                         min_duration_s=args.seconds)  # fmt: skip
-                p50[(*key, batch)].append(result.p50_ms)
-        print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    for runner in runners.values():
-        runner.close()
+    with contextlib.ExitStack() as stack:
+        p50 = measure_rounds({key: stack.enter_context(load_runner(path)) for key, path in engines.items()},
+                             batch_sizes, args.rounds, args.seconds)  # fmt: skip
+    keys = list(engines)
 
     def ratio_text(a: tuple[str, str, int], b: tuple[str, str, int]) -> str:
         ratios = [x / y for x, y in zip(p50[a], p50[b], strict=True)]

@@ -53,7 +53,7 @@ def test_ungated_run_writes_model_record_report_and_ranges(workdir):
     assert record["plan"] is None and record["holdout_images"] == 0 and record["calibration_images"] == N_IMAGES
     assert any(m.startswith("calibration batch") for m in messages)
     quality = record["quality"]
-    assert quality["kernels"] == "onnxruntime-cpu" and quality["image_set"] == "the calibration images themselves"
+    assert quality["kernels"] == "onnxruntime" and quality["image_set"] == "the calibration images themselves"
     assert quality["accuracy_fp32"] == 1.0 and 0.5 < quality["accuracy"] <= 1.0 and quality["kernel_accuracy"] > 0.5
     assert [layer["node"] for layer in quality["layers"]] == ["conv1", "conv2", "residual_add", "fc"]
     assert (tmp / "model.int8.quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

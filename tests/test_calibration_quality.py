@@ -44,7 +44,7 @@ def test_labels_and_kernels_add_accuracy_figures(models):
     images = random_images(100, seed=4)
     labels = np.random.default_rng(0).integers(0, 3, 100)
     quality = measure_quality(fp32, full, images, labels, image_set="random",
-                              kernels="onnxruntime-cpu", sensitivity={"conv2": 12.5})  # fmt: skip
+                              kernels="onnxruntime", sensitivity={"conv2": 12.5})  # fmt: skip
     assert 0 <= quality.accuracy <= 1 and 0 <= quality.accuracy_fp32 <= 1 and 0 <= quality.kernel_accuracy <= 1
     assert quality.kernel_top1_agreement > 0.5 and quality.kernel_logits_sqnr_db > 10
     assert [layer.sensitivity_sqnr_db for layer in quality.layers] == [None, 12.5, None, None]

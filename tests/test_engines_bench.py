@@ -6,12 +6,13 @@ from engines import build_engine, load_runner
 from engines.base import Runner, TensorMeta
 from engines.bench import LatencyResult, bench_engine, measure_latency, peak_rss_fresh_process
 from engines.errors import UserError
+from engines.onnxruntime import Options
 
 
 @pytest.fixture
 def engine_dir(tmp_path):
     model_path = tiny_onnx.make_tiny_resnet(tmp_path / "m.onnx")
-    build_engine(model_path, tmp_path / "engine", precision="fp32", intra_op_threads=1)
+    build_engine(model_path, tmp_path / "engine", options=Options(intra_op_threads=1))
     return tmp_path / "engine"
 
 
@@ -108,11 +109,14 @@ class FixedBatchRunner(Runner):
     inputs = [TensorMeta("images", (2, 1, 8, 8), "float32")]
     outputs = [TensorMeta("logits", (2, 3), "float32")]
 
-    def infer(self, feeds):
-        raise AssertionError("must not run with a wrong batch size")
-
-    def close(self):
+    def _activate(self):
         pass
+
+    def _deactivate(self):
+        pass
+
+    def _infer(self, feeds):
+        raise AssertionError("must not run with a wrong batch size")
 
     def memory(self):
         return {}
@@ -120,7 +124,8 @@ class FixedBatchRunner(Runner):
 
 def test_fixed_batch_engines_refuse_other_batch_sizes():
     with pytest.raises(UserError, match="fixed batch size of 2"):
-        measure_latency(FixedBatchRunner(), 8, warmup_s=0, min_iterations=1, min_duration_s=0)
+        with FixedBatchRunner() as runner:
+            measure_latency(runner, 8, warmup_s=0, min_iterations=1, min_duration_s=0)
 
 
 def test_rss_probe_reports_peak_above_baseline(engine_dir):
@@ -138,7 +143,7 @@ def test_bench_engine_reports_every_batch_size_and_memory(engine_dir):
     report = bench_engine(
         engine_dir, (1, 4), warmup_s=0.01, min_iterations=5, min_duration_s=0.02, progress=messages.append
     )
-    assert report["engine"]["backend"] == "onnxruntime-cpu"
+    assert report["engine"]["backend"] == "onnxruntime"
     assert [entry["batch_size"] for entry in report["latency"]] == [1, 4]
     assert report["memory"]["rss_batch_size"] == 4
     assert report["memory"]["model_file_bytes"] == (engine_dir / "model.onnx").stat().st_size
@@ -154,7 +159,7 @@ def test_rss_probe_does_not_inherit_the_parents_peak(tmp_path):
     # Linux keeps ru_maxrss across fork + exec: a probe launched by a process that holds a lot of
     # memory (torch, a data set) must still report only its own address space.
     model = tiny_onnx.make_tiny_resnet(tmp_path / "m.onnx")
-    build_engine(model, tmp_path / "engine", precision="fp32")
+    build_engine(model, tmp_path / "engine")
     ballast = np.ones(400 * 2**20 // 8)  # 400 MiB held by this (the parent) process
     ballast[::512] = 2.0  # touch every page so it is resident
     report = peak_rss_fresh_process(tmp_path / "engine", batch_size=1, iterations=2)

@@ -10,10 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engines import build_engine, load_runner
 from engines.base import Runner, TensorMeta, run_batched
-from engines.cpu import cpu_device
+from engines.cpu import cpu_device, cpu_fingerprint
 from engines.errors import UserError
 from engines.manifest import EngineManifest, check_engine
-from engines.onnxruntime import OrtRunner
+from engines.onnxruntime import Options
+from engines.onnxruntime.runner import OnnxRuntimeRunner
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def model_path(tmp_path):
 
 @pytest.fixture
 def engine_dir(tmp_path, model_path):
-    build_engine(model_path, tmp_path / "engine", precision="fp32")
+    build_engine(model_path, tmp_path / "engine", options=Options(precision="fp32"))
     return tmp_path / "engine"
 
 
@@ -54,13 +55,13 @@ def test_engine_output_matches_plain_onnxruntime(engine_dir, model_path):
     images = tiny_onnx.random_images(5)
     expected = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, {"images": images})
     with load_runner(engine_dir) as runner:
-        assert isinstance(runner, OrtRunner)
+        assert isinstance(runner, OnnxRuntimeRunner)
         assert runner.inputs == [TensorMeta("images", ("batch", 1, 8, 8), "float32")]
         assert runner.outputs == [TensorMeta("logits", ("batch", 3), "float32")]
         logits = runner.infer({"images": images})["logits"]
         assert runner.memory()["model_file_bytes"] == (engine_dir / "model.onnx").stat().st_size
     np.testing.assert_allclose(logits, expected[0], rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match="not active"):
         runner.infer({"images": images})
 
 
@@ -68,8 +69,8 @@ def test_disabled_and_all_optimizations_agree_on_fp32(tmp_path, model_path):
     images = tiny_onnx.random_images(16)
     outputs = {}
     for level in ("disabled", "all"):
-        manifest = build_engine(model_path, tmp_path / level, precision="fp32", graph_optimization=level)
-        assert manifest.session_options == {"graph_optimization": level, "intra_op_threads": None}
+        manifest = build_engine(model_path, tmp_path / level, options=Options("fp32", graph_optimization=level))
+        assert manifest.backend_options == {"graph_optimization": level, "intra_op_threads": None}
         with load_runner(tmp_path / level) as runner:
             outputs[level] = run_batched(runner, images)
     np.testing.assert_allclose(outputs["disabled"], outputs["all"], rtol=1e-4, atol=1e-5)
@@ -77,11 +78,11 @@ def test_disabled_and_all_optimizations_agree_on_fp32(tmp_path, model_path):
 
 def test_manifest_round_trip(engine_dir, model_path):
     manifest = EngineManifest.read(engine_dir)
-    assert manifest.backend == "onnxruntime-cpu"
+    assert manifest.backend == "onnxruntime"
     assert manifest.backend_version == ort.__version__
     assert manifest.precision == "fp32"
-    assert manifest.device == cpu_device()
-    assert manifest.build_flags["source_sha256"] == manifest.model_sha256  # copied byte for byte
+    assert manifest.device == cpu_device() and manifest.target == "cpu"
+    assert manifest.model_sha256 == manifest.engine_sha256  # copied byte for byte
     assert json.loads((engine_dir / "engine.json").read_text())["schema"] == "mimicnorm-deploy/engine-manifest"
     changed = dataclasses.replace(manifest, precision="int8", build_flags={"x": 1})
     changed.write(engine_dir)
@@ -96,7 +97,7 @@ def test_directory_without_manifest_is_not_an_engine(tmp_path):
 def test_tampered_model_file_asks_for_rebuild(engine_dir):
     model_file = engine_dir / "model.onnx"
     model_file.write_bytes(model_file.read_bytes() + b"\0")
-    with pytest.raises(UserError, match="changed since build; rebuild"):
+    with pytest.raises(UserError, match="engine file changed since build; rebuild"):
         load_runner(engine_dir)
 
 
@@ -104,7 +105,7 @@ def test_engine_from_another_device_asks_for_rebuild(engine_dir):
     manifest = EngineManifest.read(engine_dir)
     here = cpu_device()
     other = {**here, "arch": "aarch64", "int8_dot_product": not here["int8_dot_product"]}
-    dataclasses.replace(manifest, device=other).write(engine_dir)
+    dataclasses.replace(manifest, device_fingerprint=cpu_fingerprint(other)).write(engine_dir)
     with pytest.raises(UserError, match="built for aarch64 CPU .* this machine is .*: rebuild the engine on this dev"):
         load_runner(engine_dir)
 
@@ -112,30 +113,43 @@ def test_engine_from_another_device_asks_for_rebuild(engine_dir):
 def test_engine_from_another_backend_version_asks_for_rebuild(engine_dir):
     manifest = EngineManifest.read(engine_dir)
     dataclasses.replace(manifest, backend_version="0.0.1").write(engine_dir)
-    with pytest.raises(UserError, match=r"onnxruntime-cpu 0\.0\.1, this machine is .*rebuild"):
+    with pytest.raises(UserError, match=r"onnxruntime 0\.0\.1, this machine is .*rebuild"):
         load_runner(engine_dir)
 
 
-def test_gpu_engines_compare_device_names(engine_dir):
-    manifest = dataclasses.replace(EngineManifest.read(engine_dir), device={"name": "NVIDIA H100 80GB HBM3"})
-    check_engine(manifest, engine_dir, {"name": "NVIDIA H100 80GB HBM3"})
+def test_engines_compare_device_fingerprints(engine_dir):
+    manifest = dataclasses.replace(EngineManifest.read(engine_dir), device_fingerprint="NVIDIA H100 80GB HBM3")
+    check_engine(manifest, engine_dir, "NVIDIA H100 80GB HBM3")
     with pytest.raises(UserError, match="built for NVIDIA H100 80GB HBM3, this machine is Orin: rebuild"):
-        check_engine(manifest, engine_dir, {"name": "Orin"})
+        check_engine(manifest, engine_dir, "Orin")
+
+
+def test_cpu_fingerprint_ignores_the_model_name_but_not_the_int8_path():
+    here = cpu_device()
+    assert cpu_fingerprint({**here, "model_name": "another CPU"}) == cpu_fingerprint(here)
+    assert cpu_fingerprint({**here, "int8_dot_product": not here["int8_dot_product"]}) != cpu_fingerprint(here)
+
+
+def test_old_manifest_asks_for_rebuild(engine_dir):
+    document = json.loads((engine_dir / "engine.json").read_text())
+    (engine_dir / "engine.json").write_text(json.dumps({**document, "schema_version": 1}))
+    with pytest.raises(UserError, match=r"engine-manifest schema version 1 is not supported .*; rebuild the engine"):
+        load_runner(engine_dir)
 
 
 def test_unknown_backend_is_refused(engine_dir, model_path, tmp_path):
     dataclasses.replace(EngineManifest.read(engine_dir), backend="tensorrt-9").write(engine_dir)
-    with pytest.raises(UserError, match="'tensorrt-9' is not supported"):
+    with pytest.raises(UserError, match="unknown backend 'tensorrt-9'; choose one of: onnxruntime"):
         load_runner(engine_dir)
-    with pytest.raises(UserError, match="not supported"):
-        build_engine(model_path, tmp_path / "e", backend="tensorrt-9", precision="fp32")
+    with pytest.raises(UserError, match="unknown backend 'tensorrt-9'; choose one of: onnxruntime"):
+        build_engine(model_path, tmp_path / "e", backend="tensorrt-9")
 
 
 def test_non_onnx_file_is_refused_and_leaves_nothing(tmp_path):
     bogus = tmp_path / "weights.onnx"
     bogus.write_text("this is not a protobuf")
     with pytest.raises(UserError, match="not an ONNX model .*'mimicnorm-deploy export'"):
-        build_engine(bogus, tmp_path / "out" / "engine", precision="fp32")
+        build_engine(bogus, tmp_path / "out" / "engine")
     assert not (tmp_path / "out").exists()
 
 
@@ -144,19 +158,19 @@ def test_model_onnxruntime_cannot_load_leaves_nothing(tmp_path, model_path):
     model.graph.node[3].op_type = "NoSuchOp"
     onnx.save(model, tmp_path / "broken.onnx")
     with pytest.raises(UserError, match="cannot load it"):
-        build_engine(tmp_path / "broken.onnx", tmp_path / "engine", precision="fp32")
+        build_engine(tmp_path / "broken.onnx", tmp_path / "engine")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx", "m.onnx"]
 
 
 def test_rebuild_replaces_engine_but_never_a_foreign_directory(tmp_path, engine_dir, model_path):
-    build_engine(model_path, engine_dir, precision="fp32", graph_optimization="basic", intra_op_threads=1)
-    assert EngineManifest.read(engine_dir).session_options == {"graph_optimization": "basic", "intra_op_threads": 1}
+    build_engine(model_path, engine_dir, options=Options(graph_optimization="basic", intra_op_threads=1))
+    assert EngineManifest.read(engine_dir).backend_options == {"graph_optimization": "basic", "intra_op_threads": 1}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or retired dirs left
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(b"precious")
     with pytest.raises(UserError, match="not an engine directory"):
-        build_engine(model_path, run_dir, precision="fp32")
+        build_engine(model_path, run_dir)
     assert (run_dir / "checkpoint.pt").read_bytes() == b"precious"
 
 
@@ -164,9 +178,9 @@ def test_external_weights_are_inlined_into_the_engine(tmp_path, model_path):
     external = tmp_path / "external" / "model.onnx"
     external.parent.mkdir()
     onnx.save(onnx.load(model_path), external, save_as_external_data=True, location="weights.bin", size_threshold=0)
-    manifest = build_engine(external, tmp_path / "engine", precision="fp32")
+    manifest = build_engine(external, tmp_path / "engine")
     assert sorted(p.name for p in (tmp_path / "engine").iterdir()) == ["engine.json", "model.onnx"]
-    assert manifest.model_sha256 != manifest.build_flags["source_sha256"]
+    assert manifest.engine_sha256 != manifest.model_sha256
     images = tiny_onnx.random_images(3)
     expected = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, {"images": images})
     with load_runner(tmp_path / "engine") as runner:
@@ -175,13 +189,13 @@ def test_external_weights_are_inlined_into_the_engine(tmp_path, model_path):
 
 def test_precision_must_match_the_graph(tmp_path, model_path):
     with pytest.raises(UserError, match="is an fp32 model but precision 'int8'"):
-        build_engine(model_path, tmp_path / "e", precision="int8")
+        build_engine(model_path, tmp_path / "e", options=Options(precision="int8"))
     qdq = make_qdq_model(tmp_path / "qdq.onnx")
     with pytest.raises(UserError, match="is an int8 model"):
-        build_engine(qdq, tmp_path / "e", precision="fp32")
+        build_engine(qdq, tmp_path / "e", options=Options(precision="fp32"))
     with pytest.raises(UserError, match="not one of"):
-        build_engine(model_path, tmp_path / "e", precision="INT8")
-    build_engine(qdq, tmp_path / "e", precision="int8", graph_optimization="disabled")
+        build_engine(model_path, tmp_path / "e", options=Options(precision="INT8"))
+    assert build_engine(qdq, tmp_path / "e", options=Options(graph_optimization="disabled")).precision == "int8"
     with load_runner(tmp_path / "e") as runner:
         out = runner.infer({"images": np.array([[-1.0, 0.004, 0.5, 2.0]], np.float32)})["out"]
     np.testing.assert_allclose(out, [[0.0, 0.0, 0.5, 1.27]], atol=1e-6)  # rounded to 0.01, clipped at 127
@@ -198,17 +212,19 @@ def test_run_batched_matches_one_big_batch_and_reports_progress(engine_dir):
 
 
 class FixedBatchRunner(Runner):
-    """Doubles its input; accepts batches of exactly 4, like an engine built for one batch size."""
+    """A fake engine built for batch 4 only (the shared feed check refuses other shapes); doubles its input."""
 
     inputs = [TensorMeta("x", (4, 2), "float32")]
     outputs = [TensorMeta("y", (4, 2), "float32")]
 
-    def infer(self, feeds):
-        assert feeds["x"].shape == (4, 2) and feeds["x"].dtype == np.float32
-        return {"y": feeds["x"] * 2}
-
-    def close(self):
+    def _activate(self):
         pass
+
+    def _deactivate(self):
+        pass
+
+    def _infer(self, feeds):
+        return {"y": feeds["x"] * 2}
 
     def memory(self):
         return {}
@@ -216,4 +232,5 @@ class FixedBatchRunner(Runner):
 
 def test_run_batched_pads_the_last_batch_of_a_fixed_batch_engine():
     images = np.arange(14, dtype=np.float32).reshape(7, 2)
-    np.testing.assert_array_equal(run_batched(FixedBatchRunner(), images, batch_size=256), images * 2)
+    with FixedBatchRunner() as runner:
+        np.testing.assert_array_equal(run_batched(runner, images, batch_size=256), images * 2)

@@ -1,6 +1,7 @@
-"""ONNX Runtime CPU backend: `build_engine` writes an engine directory, `OrtRunner` runs one."""
+"""ONNX Runtime CPU backend (engines.registry): `Options` and `build_engine` write an engine
+directory, `Runner` runs one."""
 
-from engines.onnxruntime.builder import build_engine
-from engines.onnxruntime.runner import BACKEND, OrtRunner
+from engines.onnxruntime.builder import Options, build_engine
+from engines.onnxruntime.runner import OnnxRuntimeRunner as Runner
 
-__all__ = ["BACKEND", "OrtRunner", "build_engine"]
+__all__ = ["Options", "Runner", "build_engine"]

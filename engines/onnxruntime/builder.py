@@ -9,21 +9,24 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
 from engines.artifacts import now_utc, sha256_file
-from engines.cpu import cpu_device
+from engines.cpu import cpu_device, cpu_fingerprint
 from engines.errors import UserError
 from engines.manifest import ENGINE_MANIFEST_NAME, EngineManifest
-from engines.onnxruntime.runner import BACKEND, GRAPH_OPTIMIZATION_LEVELS, create_session
+from engines.onnxruntime.runner import BACKEND
+from engines.onnxruntime.session import GRAPH_OPTIMIZATION_LEVELS, create_session
 
 if TYPE_CHECKING:
     import onnx
 
 ENGINE_MODEL_FILE = "model.onnx"
+TARGET = "cpu"  # the one target (engines.targets) this backend builds for
 PRECISIONS = ("fp32", "fp16", "int8")
 # Ops that carry INT8 arithmetic, as Q/DQ pairs or as ONNX Runtime's already-fused forms.
 QUANTIZED_OPS = frozenset(
@@ -33,35 +36,32 @@ PROTOBUF_LIMIT_BYTES = 2**31 - 1
 EXPORT_HINT = "pass the .onnx written by 'mimicnorm-deploy export' or 'calibrate'"
 
 
-def build_engine(
-    model_path: str | os.PathLike,
-    engine_dir: str | os.PathLike,
-    *,
-    precision: str,
-    graph_optimization: str = "all",
-    intra_op_threads: int | None = None,
-) -> EngineManifest:
+@dataclass
+class Options:
+    """How to build (and run) an ONNX Runtime CPU engine."""
+
+    precision: str | None = None  # fp32, fp16 or int8, checked against the model; None: the model's own
+    graph_optimization: str = "all"  # a key of GRAPH_OPTIMIZATION_LEVELS; "disabled" simulates INT8
+    intra_op_threads: int | None = None  # None: ONNX Runtime's default (one per core)
+
+    def session_options(self) -> dict:
+        """What the runner must create its session with (the manifest's backend_options)."""
+        return {"graph_optimization": self.graph_optimization, "intra_op_threads": self.intra_op_threads}
+
+
+def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, options: Options) -> EngineManifest:
     """Copy `model_path` into `engine_dir` (replacing an engine already there), prove ONNX
     Runtime loads it with these options, and write the manifest. Nothing is left on failure."""
     model_path, engine_dir = Path(model_path), Path(engine_dir)
-    if precision not in PRECISIONS:
-        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
-        raise UserError(
-            f"graph optimization {graph_optimization!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
-        )
-    if intra_op_threads is not None and intra_op_threads < 1:
-        raise UserError(f"intra_op_threads must be >= 1 (or unset for ONNX Runtime's default), got {intra_op_threads}")
+    _check_options(options)
     _check_replaceable(engine_dir)
     model = _load_model(model_path)
     found = _graph_precision(model)
-    if found != precision:
+    if options.precision is not None and found != options.precision:
         raise UserError(
-            f"{model_path}: is an {found} model but precision {precision!r} was asked; "
-            f"build it as {found} or pass the {precision} model"
+            f"{model_path}: is an {found} model but precision {options.precision!r} was asked; "
+            f"build it as {found} or pass the {options.precision} model"
         )
-
-    session_options = {"graph_optimization": graph_optimization, "intra_op_threads": intra_op_threads}
     engine_dir.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 mode would follow the engine into place.
     staging = engine_dir.parent / f".{engine_dir.name}.{uuid.uuid4().hex}.tmp"
@@ -72,27 +72,22 @@ def build_engine(
             _write_self_contained(model_path, staged_model)
         else:
             shutil.copyfile(model_path, staged_model)
-        try:
-            create_session(staged_model, session_options)
-        # ONNX Runtime raises a different pybind class per failure (Fail, InvalidGraph,
-        # NotImplemented, ...) with no common public base; each one means "cannot load".
-        except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(
-                f"{model_path}: ONNX Runtime {ort.__version__} cannot load it ({reason}); "
-                "re-export with an opset and operators this ONNX Runtime supports"
-            ) from None
+        _prove_loadable(model_path, staged_model, options)
+        device = cpu_device()
         manifest = EngineManifest(
             backend=BACKEND,
             backend_version=ort.__version__,
-            model_file=ENGINE_MODEL_FILE,
-            model_sha256=sha256_file(staged_model),
-            precision=precision,
-            device=cpu_device(),
-            # ONNX Runtime has no build step of its own: the source model's identity is what
-            # a rebuild must reproduce.
-            build_flags={"source_model": str(model_path.resolve()), "source_sha256": sha256_file(model_path)},
-            session_options=session_options,
+            target=TARGET,
+            precision=found,
+            engine_file=ENGINE_MODEL_FILE,
+            engine_sha256=sha256_file(staged_model),
+            model_sha256=sha256_file(model_path),
+            source_model=str(model_path.resolve()),
+            device_fingerprint=cpu_fingerprint(device),
+            device=device,
+            backend_options=options.session_options(),
+            # ONNX Runtime has no build step of its own: the engine is the model file itself.
+            build_flags={},
             created=now_utc(),
         )
         manifest.write(staging)
@@ -101,6 +96,32 @@ def build_engine(
         if staging.exists():
             shutil.rmtree(staging)
     return manifest
+
+
+def _check_options(options: Options) -> None:
+    if options.precision is not None and options.precision not in PRECISIONS:
+        raise UserError(f"precision {options.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if options.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+        raise UserError(
+            f"graph optimization {options.graph_optimization!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
+        )
+    if options.intra_op_threads is not None and options.intra_op_threads < 1:
+        raise UserError(
+            f"intra_op_threads must be >= 1 (or unset for ONNX Runtime's default), got {options.intra_op_threads}"
+        )
+
+
+def _prove_loadable(model_path: Path, staged_model: Path, options: Options) -> None:
+    try:
+        create_session(staged_model, **options.session_options())
+    # ONNX Runtime raises a different pybind class per failure (Fail, InvalidGraph,
+    # NotImplemented, ...) with no common public base; each one means "cannot load".
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{model_path}: ONNX Runtime {ort.__version__} cannot load it ({reason}); "
+            "re-export with an opset and operators this ONNX Runtime supports"
+        ) from None
 
 
 def _check_replaceable(engine_dir: Path) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from engines.artifacts import atomic_path, atomic_write_text, write_json
 from engines.errors import UserError
-from mimicnorm_deploy.schemas import TRAIN_REPORT
+from engines.schemas import TRAIN_REPORT
 from mimicnorm_deploy.training import distributed
 from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint
 from mimicnorm_deploy.training.data import Dataset, augment_batch, random_resized_crop_batch, to_model_input

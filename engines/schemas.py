@@ -1,0 +1,12 @@
+"""Schema names and versions of every JSON artifact the toolkit writes, in one place (numpy-free
+and torch-free, so any layer can import it). Each is a (name, version) pair passed to
+engines.artifacts.write_json/read_json. Bump a version whenever a field changes meaning or goes
+away; a reader refuses other versions with a one-line error saying what to re-run."""
+
+RUN_MANIFEST = ("mimicnorm-deploy/run-manifest", 1)  # manifest.json: every artifact of a directory
+ENGINE_MANIFEST = ("mimicnorm-deploy/engine-manifest", 2)  # 2: backend-neutral (target, backend_options, engine_file)
+TRAIN_REPORT = ("mimicnorm-deploy/train-report", 1)
+CALIBRATION = ("mimicnorm-deploy/calibration", 2)  # 2: encoding, plan, quality, hold-out
+BENCH = ("mimicnorm-deploy/bench", 2)  # 2: raw samples, device timing lists, environment fingerprint
+REPORT = ("mimicnorm-deploy/report", 1)
+MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)
