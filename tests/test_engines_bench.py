@@ -77,11 +77,14 @@ class FakeGpuRunner(Runner):
     inputs = [TensorMeta("images", ("batch", 1, 4, 4), "float32")]
     outputs = [TensorMeta("logits", ("batch", 3), "float32")]
 
-    def infer(self, feeds):
-        return {"logits": np.zeros((len(feeds["images"]), 3), np.float32)}
-
-    def close(self):
+    def _activate(self):
         pass
+
+    def _deactivate(self):
+        pass
+
+    def _infer(self, feeds):
+        return {"logits": np.zeros((len(feeds["images"]), 3), np.float32)}
 
     def memory(self):
         return {}
@@ -91,7 +94,8 @@ class FakeGpuRunner(Runner):
 
 
 def test_device_timing_is_kept_per_sample():
-    result = measure_latency(FakeGpuRunner(), 2, warmup_s=0, min_iterations=7, min_duration_s=0)
+    with FakeGpuRunner() as runner:
+        result = measure_latency(runner, 2, warmup_s=0, min_iterations=7, min_duration_s=0)
     assert result.device_timing_keys() == ["gpu_compute_ms", "h2d_ms", "d2h_ms"]
     assert result.gpu_compute_ms == [0.25] * result.iterations
     assert result.h2d_ms == [0.125] * result.iterations
