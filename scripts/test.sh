@@ -6,6 +6,9 @@ source "$(dirname "$0")/setup_env.sh"
 install_fashion_mnist || echo "warning: dataset-fashion-mnist not installed; real-data tests will skip" >&2
 cd "$ROOT"
 "$VENV/bin/ruff" check .
+# engines/tensorrt/ against NVIDIA's published TensorRT API; also leaves the repaired stubs where
+# tests/test_fake_tensorrt.py checks the fake against them.
+PYTHON="$VENV/bin/python" "$ROOT/scripts/typecheck.sh"
 status=0
 "$VENV/bin/python" -m pytest -q -ra "$@" || status=$?
 # pytest exits 5 when it collected no test: for this suite that is a failure, not a pass.
