@@ -9,7 +9,7 @@ flags, no calibrators); TensorRT 10 builds both kinds.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from typing import Any
 
@@ -23,9 +23,11 @@ SUPPORTED_MAJORS = (10, 11)
 
 
 def require_tensorrt() -> None:
-    """Raise a one-line UserError saying how to install TensorRT unless `import tensorrt` will work."""
-    if "tensorrt" not in sys.modules and importlib.util.find_spec("tensorrt") is None:
-        raise UserError(INSTALL_HINT)
+    """Raise a one-line UserError saying how to install TensorRT unless `import tensorrt` works."""
+    try:
+        importlib.import_module("tensorrt")
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:

@@ -152,12 +152,12 @@ def qdq_model_beside(cache: str | None) -> str | None:
     cache_path = Path(cache)
     for record_path in sorted(cache_path.parent.glob("*.json")):
         try:
-            payload = json.loads(record_path.read_text(encoding="utf-8")).get("payload", {})
-        except (OSError, ValueError, AttributeError):
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-        named = payload.get("trt_cache") if isinstance(payload, dict) else None
-        if named and Path(named).name == cache_path.name:
-            return str(payload.get("output"))
+        named = record.get("trt_cache") if isinstance(record, dict) else None
+        if isinstance(named, str) and Path(named).name == cache_path.name and record.get("output"):
+            return str(record["output"])
     return None
 
 
@@ -185,7 +185,8 @@ def _parse(parser: trt.OnnxParser, model: Path) -> None:
         return
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     first = errors[0] if errors else None
-    where = f" at node {first.node_name()!r} ({first.node_operator()})" if first is not None else ""
+    named = first is not None and first.node_name()
+    where = f" at node {first.node_name()!r} ({first.node_operator()})" if first is not None and named else ""
     reason = one_line(first.desc()) if first is not None else "no message"
     raise UserError(f"{model}: TensorRT's ONNX parser failed{where}: {reason}; re-export or simplify the model")
 

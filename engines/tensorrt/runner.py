@@ -198,6 +198,13 @@ class Runner(base.Runner):
             device[meta.name] = active.cuda.malloc(host[meta.name].nbytes)
         return _Buffers(host, device)
 
+    # Until engines.base gains the activate/infer/deactivate lifecycle (GUIDE interface 2).
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._infer(feeds)
+
+    def close(self) -> None:
+        self.deactivate()
+
     def timing(self) -> dict[str, float] | None:
         return self._timing
 
