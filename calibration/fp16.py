@@ -1,7 +1,7 @@
 """Pure FP16 ONNX models (weights and activations) for GPU targets, with an overflow check first.
 
 TensorRT 11 takes FP16 from the ONNX tensor types (there is no FP16 builder flag any more,
-REFERENCE.md section 4), so the model itself must be FP16. The conversion is ONNX Runtime's
+docs/TENSORRT.md section 2), so the model itself must be FP16. The conversion is ONNX Runtime's
 float16 converter (`onnxruntime.transformers.float16`, the onnxconverter-common code); it clamps
 out-of-range constants to +-65504 without a word, so overflow is checked before converting:
 a constant or a calibrated activation beyond FP16's range is an error naming the tensor.

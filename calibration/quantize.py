@@ -1,7 +1,7 @@
 """Post-training INT8 quantization to a symmetric Q/DQ ONNX model that TensorRT and ONNX Runtime both run.
 
 Built on `onnxruntime.quantization.quantize_static`. The settings are fixed by what TensorRT
-accepts (REFERENCE.md section 4): QDQ format, int8 activations and weights, every zero point 0,
+accepts (docs/TENSORRT.md section 2): QDQ format, int8 activations and weights, every zero point 0,
 per-channel weight scales on axis 0, and float biases (TensorRT's DequantizeLinear takes int8,
 not the int32 bias ORT would write; ORT's CPU kernels quantize a float bias themselves).
 
@@ -13,7 +13,7 @@ Where the Q/DQ pairs go depends on who runs the model (PLACEMENTS):
 - "tensorrt": the inputs and weights of Conv/Gemm/MatMul and both inputs of every residual Add
   (an Add of two activations), nothing on any output. That is the pattern TensorRT fuses: it
   carries a scale across Relu and pooling itself, and fuses a residual Add into the Conv before it
-  only with Q/DQ on both of the Add's inputs (REFERENCE.md section 4).
+  only with Q/DQ on both of the Add's inputs (docs/TENSORRT.md section 2).
 - "onnxruntime": ORT's own placement, Q/DQ on the inputs and outputs of every op it knows, the
   DQ -> op -> Q node units its CPU kernels fuse into QLinearConv and friends (with uint8
   activations ORT fuses the tensorrt placement as well: docs/BENCHMARKS.md section 4.1). Two ORT rules
@@ -70,7 +70,7 @@ TENSORRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
 @dataclass
 class QuantizeConfig:
     per_channel: bool = False  # one weight scale per output channel (axis 0) instead of per tensor
-    reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI (see REFERENCE.md section 3)
+    reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI (see docs/BACKGROUND.md section 3)
     method: str = "minmax"  # activation ranges: minmax, percentile, mse or entropy (calibration.ranges)
     batch_size: int = 32  # images per calibration batch; the ranges do not depend on it
     percentile: float = DEFAULT_PERCENTILE  # for method "percentile": the share of |x| kept inside the range

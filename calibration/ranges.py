@@ -7,7 +7,7 @@ Collection runs on onnxruntime.quantization's calibrators, in up to two passes:
    tensor made a graph output) runs batch by batch, and |x| is counted into 2048 fixed bins over
    [0, max |x|]. Its own HistogramCollector is not used: it stacks every batch of the set in one
    array (all activations in memory at once; a smaller last batch makes it fail), sizes its bins
-   from the first batch, and its "entropy" returns MinMax ranges (REFERENCE.md section 3; tested).
+   from the first batch, and its "entropy" returns MinMax ranges (docs/BACKGROUND.md section 3; tested).
 `thresholds` then picks each tensor's amax from its histogram.
 
 Input pixels are never clipped. The image input and the tensors an input normalization computes

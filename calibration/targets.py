@@ -35,7 +35,7 @@ def encoding_for(target: str, features: CpuFeatures | None = None) -> TargetEnco
     fuses them, FP16 for the layers a plan keeps out of INT8. ONNX Runtime on a CPU: on x86 uint8
     activations (its native U8S8 kernels; symmetric int8 made INT8 2x slower than FP32 on this
     project's AVX2 machines), 7-bit weights where its kernels would saturate with 8 (no VNNI,
-    REFERENCE.md section 3), ONNX Runtime's own Q/DQ placement (its kernels fuse DQ -> op -> Q),
+    docs/BACKGROUND.md section 3), ONNX Runtime's own Q/DQ placement (its kernels fuse DQ -> op -> Q),
     FP32 for the layers a plan keeps out of INT8.
     """
     spec = get_target(target)

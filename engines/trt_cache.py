@@ -3,7 +3,7 @@
 What a TensorRT 10 build consumes, so it lives in `engines`: the TensorRT backend reads it on a
 Jetson that has no onnxruntime, and `calibration` writes it through this module.
 
-Format (REFERENCE.md section 4): the first line is `TRT-<version>-<Algorithm>`, then one line per
+Format (docs/TENSORRT.md section 3): the first line is `TRT-<version>-<Algorithm>`, then one line per
 tensor, `<tensor name>: <hex>`, the hex being the big-endian bit pattern of the float32 scale
 amax / 127 (`3c010204` is 1/127, amax 1.0). TensorRT silently ignores a cache whose version or
 algorithm does not match the build, so both must be right for the target.

@@ -16,7 +16,7 @@ import sys
 
 from mimicnorm_deploy.training.memory import compare_memory
 
-# Published CIFAR-100 memory change BN -> MimicNorm (REFERENCE.md section 1; nvidia-smi, batch 256).
+# Published CIFAR-100 memory change BN -> MimicNorm (docs/BACKGROUND.md section 1; nvidia-smi, batch 256).
 PAPER = {"vgg11": -4.0, "vgg16": -6.8, "resnet18": -6.5, "resnet50": -11.7, "squeezenet1_1": -27.0,
          "shufflenetv2_100": -19.8}  # fmt: skip
 FAMILIES = ["resnet18", "resnet34", "resnet50", "resnet101", "vgg11", "vgg16", "mobilenetv2_100",

@@ -115,7 +115,7 @@ def test_reduce_range_gives_7_bit_weights(fp32_model, images, tmp_path):
 
 
 def test_reduce_range_int8_kernels_match_float_simulation(fp32_model, images, tmp_path):
-    # REFERENCE.md section 3: without VNNI, ORT's fused int8 kernels saturate on full-range weights;
+    # docs/BACKGROUND.md section 3: without VNNI, ORT's fused int8 kernels saturate on full-range weights;
     # with 7-bit weights they must agree with the float simulation of the same Q/DQ file on any CPU.
     config = QuantizeConfig(per_channel=True, reduce_range=True)
     path = quantize_int8(fp32_model, images, tmp_path / "q.onnx", config).output_path

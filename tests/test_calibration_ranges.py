@@ -101,7 +101,7 @@ def test_uniform_tensor_keeps_about_the_max(tmp_path):
 
 
 def test_ort_entropy_calibrator_returns_minmax_ranges(tmp_path):
-    # REFERENCE.md section 3: ORT 1.31's Entropy (as quantize_static runs it) does not clip at all.
+    # docs/BACKGROUND.md section 3: ORT 1.31's Entropy (as quantize_static runs it) does not clip at all.
     # Should this start failing, ORT's entropy has changed: re-check it before relying on it.
     model, images = identity_conv(tmp_path / "id.onnx", 100), heavy_tailed_images()
     with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print progress

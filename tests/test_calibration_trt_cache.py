@@ -20,7 +20,7 @@ from engines.trt_cache import (
 
 
 def test_scale_hex_is_big_endian_float32_bits():
-    assert scale_to_hex(1 / 127) == "3c010204"  # REFERENCE.md: amax 1.0
+    assert scale_to_hex(1 / 127) == "3c010204"  # docs/TENSORRT.md section 3: amax 1.0
     assert scale_to_hex(1.0) == "3f800000"
     assert scale_to_hex(2.0) == "40000000"
     assert hex_to_scale("3c010204") == np.float32(1 / 127)

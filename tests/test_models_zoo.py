@@ -44,7 +44,7 @@ def test_bn_twins_are_the_standard_architectures(arch, norm):
 def test_describe_models_lists_every_model_with_params_and_macs():
     rows = {row["name"]: row for row in describe_models(32, 3, 100)}
     assert set(rows) == set(list_models())
-    # REFERENCE.md section 6: ResNet-18 at CIFAR size is 0.56 GMAC.
+    # docs/BACKGROUND.md section 4: ResNet-18 at CIFAR size is 0.56 GMAC.
     assert rows["resnet18"]["macs"] == pytest.approx(0.56e9, rel=0.01)
     assert rows["resnet18"]["macs"] == rows["resnet18_cifar"]["macs"]
     assert all(row["params"] > 0 and row["macs"] > 0 for row in rows.values())

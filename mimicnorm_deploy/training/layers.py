@@ -4,12 +4,12 @@ One model definition serves every normalization (timm style): a family asks its 
 pieces (conv bias or not, a BatchNorm2d or nothing after each conv, a residual scalar or
 nothing, a last BN on the logits or nothing) and never branches on the norm's name itself.
 
-- `mimic`: MimicNorm as its authors implemented it (REFERENCE.md section 1): conv bias (init 0),
+- `mimic`: MimicNorm as its authors implemented it (docs/BACKGROUND.md section 1): conv bias (init 0),
   weights N(0, gain/fan_in) with the family's gain (`init_model_`), weight centring after
   construction and after every optimizer step, residual scalars 1.2**m / k,
   BatchNorm1d(num_classes, affine=False) on the logits.
 - `bn`: the baseline twin, conv without bias + BatchNorm2d after each conv.
-- `bn-revisited`: the stronger BN baseline of Davis & Frank (REFERENCE.md section 2): BN gamma
+- `bn-revisited`: the stronger BN baseline of Davis & Frank (docs/BACKGROUND.md section 2): BN gamma
   initialised to 0.1, gamma's learning rate divided by 100 and no weight decay on 1-D parameters
   (both through `param_groups`). `bn-revisited-input-bn` adds their BatchNorm on the input.
 - `none`: plain conv+bias, no normalization at all. It is also the shape of every *frozen* model:
