@@ -30,6 +30,7 @@ BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in [
         BackendSpec("onnxruntime", "engines.onnxruntime", "ONNX Runtime on the CPU: FP32, FP16 and Q/DQ INT8 models"),
+        BackendSpec("tensorrt", "engines.tensorrt", "TensorRT 10/11 on NVIDIA GPUs and Jetsons (incl. DLA)"),
     ]
 }
 

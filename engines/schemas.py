@@ -10,3 +10,4 @@ CALIBRATION = ("mimicnorm-deploy/calibration", 2)  # 2: encoding, plan, quality,
 BENCH = ("mimicnorm-deploy/bench", 2)  # 2: raw samples, device timing lists, environment fingerprint
 REPORT = ("mimicnorm-deploy/report", 1)
 MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)
+TENSORRT_DLA_LAYERS = ("mimicnorm-deploy/tensorrt-dla-layers", 1)  # engine_dir/dla_layers.json: where each layer runs

@@ -274,14 +274,34 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=DEFAULT_BACKEND,
                    help=f"the runtime that builds and runs the engine (default {DEFAULT_BACKEND}): "
                    f"{', '.join(BACKENDS)}")  # fmt: skip
-    p.add_argument("--precision", required=True, choices=["fp32", "int8"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "as-typed"],
+                   help="checked against the model (onnxruntime); tensorrt: as-typed (default: the file's types, "
+                   "strongly typed), or fp16/fp32/int8 as TensorRT 10 builder flags")  # fmt: skip
     p.add_argument("--simulate", action="store_true", help="onnxruntime: run Q/DQ as float ops (INT8 simulated)")
+    trt = p.add_argument_group("tensorrt options (docs/TENSORRT.md)")
+    trt.add_argument("--target", help="engines/targets.py: desktop-gpu (default), jetson-orin-agx|nx|nano[-dla0|1]")
+    trt.add_argument("--calibration-cache", help="TensorRT 10: the FP32 model's calibration cache from calibrate")
+    trt.add_argument("--plan", help="precision plan JSON from calibrate (its FP16/FP32 layers are pinned)")
+    for bound in ("min", "opt", "max"):
+        trt.add_argument(f"--{bound}-batch", type=int, help=f"optimization profile: {bound} batch size")
+    trt.add_argument("--timing-cache-dir", help="default ~/.cache/mimicnorm-deploy/tensorrt")
+    trt.add_argument("--workspace-mib", type=int, help="builder workspace cap (default: the target's)")
+    trt.add_argument("--optimization-level", type=int, dest="builder_optimization_level", help="0-5")
+    trt.add_argument("--version-compatible", action="store_true", help="runs on later TensorRT of the same major")
+    trt.add_argument("--hardware-compatibility", choices=["none", "ampere-plus", "same-compute-capability"])
+    trt.add_argument("--cuda-graph", action="store_true", help="the runner replays inference as a CUDA graph")
+
+
+# Backend options the command line can set (argparse dest -> Options field); unset ones keep the default.
+_BACKEND_OPTION_FLAGS = ("precision", "target", "calibration_cache", "plan", "min_batch", "opt_batch", "max_batch",
+                         "timing_cache_dir", "workspace_mib", "builder_optimization_level", "version_compatible",
+                         "hardware_compatibility", "cuda_graph")  # fmt: skip
 
 
 def _build_options(args: argparse.Namespace) -> dict:
     """The backend options the command line set; engines.registry.backend_options refuses those
     the backend does not have."""
-    values = {"precision": args.precision}
+    values = {name: getattr(args, name) for name in _BACKEND_OPTION_FLAGS if getattr(args, name) not in (None, False)}
     if args.simulate:
         values["graph_optimization"] = "disabled"
     return values

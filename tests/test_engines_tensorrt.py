@@ -73,11 +73,11 @@ def test_tensorrt_10_as_typed_builds_a_strongly_typed_network(tmp_path, monkeypa
     assert _calls(trt, "Builder.create_network") == [(1 << 1,)]  # STRONGLY_TYPED
     assert _calls(trt, "Builder.build_serialized_network") == [([],)]  # no precision flags
     assert manifest.backend == "tensorrt" and manifest.backend_version == TRT10
-    assert manifest.build_flags["path"] == "strongly-typed" and manifest.precision == "as-typed"
+    assert manifest.build_flags["path"] == "strongly-typed" and manifest.target == "desktop-gpu"
     assert manifest.device["name"] == FakeGpu().name and manifest.device["compute_capability"] == "9.0"
     assert sorted(p.name for p in (tmp_path / "engine").iterdir()) == ["engine.json", LAYERS_FILE, ENGINE_FILE]
-    assert manifest.model_sha256 == sha256_file(tmp_path / "engine" / ENGINE_FILE)
-    assert manifest.build_flags["source_sha256"] == sha256_file(artifacts["qdq"])
+    assert manifest.model_sha256 == sha256_file(artifacts["qdq"]) and manifest.precision == "int8"
+    assert manifest.engine_sha256 == sha256_file(tmp_path / "engine" / ENGINE_FILE) and manifest.plan_sha256 is None
 
 
 def test_tensorrt_11_networks_are_strongly_typed_without_the_deprecated_flag(tmp_path, monkeypatch, artifacts):
@@ -103,7 +103,7 @@ def test_tensorrt_10_cache_path_reads_the_cache_and_pins_the_plan(tmp_path, monk
     pinned = {args[0] for args in _calls(trt, "ILayer.precision")}
     assert pinned == {"conv2", "fc"}  # the plan's FP16 layers; INT8 ones stay free
     assert ("conv2", 0, "HALF") in _calls(trt, "ILayer.set_output_type")
-    assert manifest.precision == "plan" and manifest.build_flags["plan_sha256"] == sha256_file(artifacts["plan"])
+    assert manifest.precision == "plan" and manifest.plan_sha256 == sha256_file(artifacts["plan"])
     assert manifest.build_flags["calibration_cache_sha256"] == sha256_file(artifacts["cache"])
 
 
@@ -242,7 +242,6 @@ def test_runner_runs_on_the_stream_with_buffers_once_per_shape(tmp_path, monkeyp
     trt, cudart = sys.modules["tensorrt"], sys.modules["cuda.bindings.runtime"]
     images = random_images(4)
     with runner:
-        runner.activate()
         np.testing.assert_allclose(runner.infer({"images": images})["logits"], _reference(artifacts["model"], images),
                                    rtol=1e-6)  # fmt: skip
         allocated = len(trt.gpu.memory)
@@ -292,7 +291,6 @@ def test_version_and_hardware_compatible_engines_load_where_tensorrt_allows(tmp_
     _build(tmp_path, monkeypatch, artifacts["model"], version_compatible=True, hardware_compatibility="ampere-plus")
     trt, _ = install(monkeypatch, "10.14.1.48", FakeGpu(name="NVIDIA A100-SXM4-80GB", compute_capability=(8, 0)))
     with Runner(tmp_path / "engine") as runner:
-        runner.activate()
         assert runner.is_active
     install(monkeypatch, "11.1.0.5")
     with pytest.raises(UserError, match="rebuild on this device"):
@@ -302,6 +300,33 @@ def test_version_and_hardware_compatible_engines_load_where_tensorrt_allows(tmp_
 def test_manifest_says_what_was_built(tmp_path, monkeypatch, artifacts):
     manifest, _, _ = _build(tmp_path, monkeypatch, artifacts["model"], target="desktop-gpu", precision="fp16")
     assert EngineManifest.read(tmp_path / "engine") == manifest
-    for key in ("path", "flags", "target", "batch_profile", "source_sha256", "io", "version_compatible"):
+    for key in ("path", "flags", "target", "batch_profile", "io", "version_compatible", "calibration_cache_sha256"):
         assert key in manifest.build_flags
     assert set(manifest.device) >= {"name", "compute_capability", "tensorrt_version", "l4t_release"}
+
+
+def test_cli_build_with_tensorrt_options(tmp_path, monkeypatch, artifacts, capsys):
+    from mimicnorm_deploy.cli import main
+
+    trt, _ = install(monkeypatch, TRT10, FakeGpu(num_dla_cores=2))
+    out = tmp_path / "engine"
+    assert main(["build", str(artifacts["model"]), "--out", str(out), "--backend", "tensorrt", "--precision", "fp16",
+                 "--target", "jetson-orin-nx-dla0", "--min-batch", "1", "--max-batch", "16", "--cuda-graph",
+                 "--timing-cache-dir", str(tmp_path / "timing")]) == 0  # fmt: skip
+    manifest = EngineManifest.read(out)
+    assert manifest.target == "jetson-orin-nx-dla0" and manifest.precision == "fp16"
+    assert manifest.backend_options["cuda_graph"] is True and manifest.build_flags["batch_profile"]["max"] == [16]
+    assert "tensorrt" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, artifacts, capsys):
+    from mimicnorm_deploy.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    build = ["build", str(artifacts["model"]), "--out", str(tmp_path / "engine")]
+    assert main([*build, "--backend", "tensorrt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {INSTALL_HINT}"
+    assert main([*build, "--target", "desktop-gpu"]) == 2  # onnxruntime has no target option
+    assert "backend 'onnxruntime' has no option target" in capsys.readouterr().err
+    assert not (tmp_path / "engine").exists()

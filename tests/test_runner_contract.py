@@ -9,10 +9,12 @@ The model is tests/tiny_onnx.py's residual CNN: input "images" (batch, 1, 8, 8) 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import fake_tensorrt
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -25,7 +27,7 @@ from engines.manifest import PRECISIONS, EngineManifest
 from engines.registry import BACKENDS, get_backend
 from engines.targets import TARGETS
 
-TIMING_KEYS = {"gpu_compute_ms", "h2d_ms", "d2h_ms"}
+TIMING_KEYS = {"gpu_compute_ms", "h2d_ms", "d2h_ms", "enqueue_ms"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,15 @@ class BackendCase:
     atol: float = 1e-6
 
 
+def _install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The recording fake (tests/fake_tensorrt.py) runs the parsed ONNX with ONNX Runtime, so it computes.
+    fake_tensorrt.install(monkeypatch)
+    monkeypatch.setenv("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="fake-tensorrt-cache."))  # the timing cache
+
+
 CASES = [
     pytest.param(BackendCase("onnxruntime"), id="onnxruntime"),
+    pytest.param(BackendCase("tensorrt", install=_install_fake_tensorrt), id="tensorrt-fake"),
 ]
 
 

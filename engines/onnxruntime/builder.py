@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +16,9 @@ import onnxruntime as ort
 
 from engines.artifacts import now_utc, sha256_file
 from engines.cpu import cpu_device, cpu_fingerprint
+from engines.engine_dir import check_replaceable, staged_engine_dir
 from engines.errors import UserError
-from engines.manifest import ENGINE_MANIFEST_NAME, EngineManifest
+from engines.manifest import EngineManifest
 from engines.onnxruntime.runner import BACKEND
 from engines.onnxruntime.session import GRAPH_OPTIMIZATION_LEVELS, create_session
 
@@ -54,7 +54,7 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     Runtime loads it with these options, and write the manifest. Nothing is left on failure."""
     model_path, engine_dir = Path(model_path), Path(engine_dir)
     _check_options(options)
-    _check_replaceable(engine_dir)
+    check_replaceable(engine_dir)
     model = _load_model(model_path)
     found = _graph_precision(model)
     if options.precision is not None and found != options.precision:
@@ -62,11 +62,7 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
             f"{model_path}: is an {found} model but precision {options.precision!r} was asked; "
             f"build it as {found} or pass the {options.precision} model"
         )
-    engine_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its 0700 mode would follow the engine into place.
-    staging = engine_dir.parent / f".{engine_dir.name}.{uuid.uuid4().hex}.tmp"
-    staging.mkdir()
-    try:
+    with staged_engine_dir(engine_dir) as staging:
         staged_model = staging / ENGINE_MODEL_FILE
         if _uses_external_data(model):
             _write_self_contained(model_path, staged_model)
@@ -91,10 +87,6 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
             created=now_utc(),
         )
         manifest.write(staging)
-        _swap_into_place(staging, engine_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return manifest
 
 
@@ -122,15 +114,6 @@ def _prove_loadable(model_path: Path, staged_model: Path, options: Options) -> N
             f"{model_path}: ONNX Runtime {ort.__version__} cannot load it ({reason}); "
             "re-export with an opset and operators this ONNX Runtime supports"
         ) from None
-
-
-def _check_replaceable(engine_dir: Path) -> None:
-    # Replacing a directory deletes it: only do that to an engine or an empty directory, never
-    # to, say, a run directory passed by mistake.
-    if engine_dir.is_file():
-        raise UserError(f"{engine_dir}: is a file; pass a directory path for the engine")
-    if engine_dir.is_dir() and any(engine_dir.iterdir()) and not (engine_dir / ENGINE_MANIFEST_NAME).is_file():
-        raise UserError(f"{engine_dir}: exists and is not an engine directory; pass a new or empty directory")
 
 
 def _load_model(model_path: Path) -> onnx.ModelProto:
@@ -176,19 +159,3 @@ def _write_self_contained(model_path: Path, target: Path) -> None:
     if model.ByteSize() > PROTOBUF_LIMIT_BYTES:
         raise UserError(f"{model_path}: weights exceed the 2 GiB single-file ONNX limit; this backend needs one file")
     onnx.save(model, os.fspath(target))
-
-
-def _swap_into_place(staging: Path, engine_dir: Path) -> None:
-    if not engine_dir.exists():
-        os.replace(staging, engine_dir)
-        return
-    # A directory cannot be renamed onto a non-empty one: move the old engine aside first and
-    # put it back if the new one cannot take its place.
-    retired = engine_dir.parent / f".{engine_dir.name}.{uuid.uuid4().hex}.old"
-    os.replace(engine_dir, retired)
-    try:
-        os.replace(staging, engine_dir)
-    except OSError:
-        os.replace(retired, engine_dir)
-        raise
-    shutil.rmtree(retired)

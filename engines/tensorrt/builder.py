@@ -23,11 +23,12 @@ from engines.engine_dir import staged_engine_dir
 from engines.errors import UserError
 from engines.manifest import EngineManifest
 from engines.precision_plan import PrecisionPlan
+from engines.schemas import TENSORRT_DLA_LAYERS
 from engines.targets import Target
 from engines.tensorrt.api import dims, make_logger, one_line, require_tensorrt, tensorrt_major
 from engines.tensorrt.calibrator import CALIBRATOR_CLASSES, cache_only_calibrator
 from engines.tensorrt.cuda import load_cuda
-from engines.tensorrt.device import gpu_device, timing_cache_path
+from engines.tensorrt.device import fingerprint, gpu_device, timing_cache_path
 from engines.tensorrt.options import HARDWARE_COMPATIBILITY, BuildPath, Options, check_options, choose_build_path
 from engines.trt_cache import load_model_calibration_cache, trt_version_number
 
@@ -38,7 +39,6 @@ BACKEND = "tensorrt"
 ENGINE_FILE = "model.engine"
 LAYERS_FILE = "layers.json"
 DLA_LAYERS_FILE = "dla_layers.json"
-DLA_LAYERS_SCHEMA = ("mimicnorm-deploy/tensorrt-dla-layers", 1)
 MIB = 1 << 20
 
 
@@ -74,6 +74,7 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     parser = trt.OnnxParser(network, logger)  # kept alive with the network it fills
     _parse(parser, inputs.model)
     flags = list(path.flags) + _check_network(network, path, inputs)
+    precision = path.precision or file_precision(network)
     config = builder.create_builder_config()
     calibrator = _configure_precision(config, network, path, inputs, flags)
     _configure_target(config, target, options)
@@ -97,21 +98,22 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
         runtime, engine = deserialize_engine(engine_bytes, logger, options.version_compatible)
         (staging / LAYERS_FILE).write_text(_layer_information(engine), encoding="utf-8")
         if dla_layers is not None:
-            write_json(staging / DLA_LAYERS_FILE, *DLA_LAYERS_SCHEMA, {"layers": dla_layers})
+            write_json(staging / DLA_LAYERS_FILE, *TENSORRT_DLA_LAYERS, {"layers": dla_layers})
         build_flags = {
             "path": path.name, "strongly_typed": path.strongly_typed, "flags": flags, "target": target.name,
             "workspace_mib": options.workspace_mib or target.workspace_mib,
             "builder_optimization_level": _optimization_level(target, options), "dla_core": target.dla_core,
             "batch_profile": batch, "version_compatible": options.version_compatible,
             "hardware_compatibility": options.hardware_compatibility,
-            "source_model": str(inputs.model.resolve()), "source_sha256": inputs.model_sha256,
-            "plan_sha256": inputs.plan_sha256, "calibration_cache_sha256": inputs.cache_sha256,
-            "io": io_tensors(engine), "timing_cache": str(cache_file),
+            "calibration_cache_sha256": inputs.cache_sha256, "io": io_tensors(engine),
+            "timing_cache": str(cache_file),
         }  # fmt: skip
         manifest = EngineManifest(
-            backend=BACKEND, backend_version=trt.__version__, model_file=ENGINE_FILE,
-            model_sha256=sha256_file(staging / ENGINE_FILE), precision=path.precision, device=device,
-            build_flags=build_flags, session_options=dataclasses.asdict(options), created=now_utc(),
+            backend=BACKEND, backend_version=trt.__version__, target=target.name, precision=precision,
+            engine_file=ENGINE_FILE, engine_sha256=sha256_file(staging / ENGINE_FILE),
+            model_sha256=inputs.model_sha256, source_model=str(inputs.model.resolve()),
+            device_fingerprint=fingerprint(device), device=device, backend_options=dataclasses.asdict(options),
+            build_flags=build_flags, created=now_utc(), plan_sha256=inputs.plan_sha256,
         )  # fmt: skip
         manifest.write(staging)
     # Only after the engine is in place: a failed build must not overwrite good timings.
@@ -218,6 +220,17 @@ def _check_network(network: trt.INetworkDefinition, path: BuildPath, inputs: Bui
             )
         return ["INT8"]  # explicit quantization in a weakly typed network
     return []
+
+
+def file_precision(network: trt.INetworkDefinition) -> str:
+    """What a strongly typed network computes in: int8 with Q/DQ layers, fp16 with FP16 tensors, else fp32."""
+    import tensorrt as trt
+
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    if any(layer.type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE) for layer in layers):
+        return "int8"
+    outputs = [layer.get_output(j) for layer in layers for j in range(layer.num_outputs)]
+    return "fp16" if any(tensor.dtype == trt.DataType.HALF for tensor in outputs) else "fp32"
 
 
 def plan_node(layer_name: str, nodes: dict[str, str]) -> str | None:

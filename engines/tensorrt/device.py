@@ -15,7 +15,6 @@ from engines.tensorrt.cuda import CudaApi
 # JetPack writes its L4T release here (NVIDIA Jetson Linux Developer Guide).
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 _L4T = re.compile(r"# R(\d+) \(release\), REVISION: ([\d.]+)")
-TIMING_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mimicnorm-deploy" / "tensorrt"
 
 
 def l4t_release(path: Path = NV_TEGRA_RELEASE) -> str | None:
@@ -39,11 +38,20 @@ def gpu_device(cuda: CudaApi, tensorrt_version: str) -> dict[str, Any]:
     }
 
 
+def fingerprint(device: dict[str, Any]) -> str:
+    """What an engine is bound to (the manifest's device_fingerprint): GPU model, compute
+    capability, TensorRT version. engines/tensorrt/device.runs_here applies the compatibility
+    builds' looser rules."""
+    return describe(device)
+
+
 def timing_cache_path(device: dict[str, Any], directory: str | os.PathLike | None = None) -> Path:
     """One timing cache per GPU model and TensorRT version: tactic timings do not carry across either."""
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", device["name"]).strip("-").lower()
     name = f"{slug}-sm{device['compute_capability']}-trt{device['tensorrt_version']}.timing-cache"
-    return Path(directory) / name if directory is not None else TIMING_CACHE_DIR / name
+    if directory is None:
+        directory = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mimicnorm-deploy" / "tensorrt"
+    return Path(directory) / name
 
 
 def describe(device: dict[str, Any]) -> str:

@@ -79,7 +79,7 @@ class BuildPath:
     name: str  # "strongly-typed", "calibration-cache" or "weakly-typed"
     strongly_typed: bool
     flags: tuple[str, ...]  # BuilderFlag names for the precision
-    precision: str  # what the manifest records: "as-typed", "fp32", "fp16", "int8" or "plan"
+    precision: str | None  # what the manifest records ("fp32", "fp16", "int8", "plan"); None: the file's types
 
 
 def choose_build_path(major: int, options: Options, qdq_model_hint: str | None = None) -> BuildPath:
@@ -94,7 +94,7 @@ def choose_build_path(major: int, options: Options, qdq_model_hint: str | None =
             )
         return BuildPath("calibration-cache", False, ("INT8", "FP16"), "plan" if options.plan else "int8")
     if options.precision == "as-typed":
-        return BuildPath("strongly-typed", True, (), "plan" if options.plan else "as-typed")
+        return BuildPath("strongly-typed", True, (), "plan" if options.plan else None)
     if major >= 11:
         raise UserError(
             f"TensorRT {major} builds strongly typed networks only (no {options.precision.upper()} flag): pass the "

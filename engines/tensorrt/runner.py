@@ -57,7 +57,10 @@ class _Active:
 
 def _meta(entry: dict[str, Any]) -> TensorMeta:
     shape = tuple("batch" if dim < 0 else int(dim) for dim in entry["shape"])
-    return TensorMeta(entry["name"], shape, entry["dtype"])
+    profile = entry.get("profile")  # min, opt, max of profile 0 where the batch is dynamic
+    if profile is None:
+        return TensorMeta(entry["name"], shape, entry["dtype"])
+    return TensorMeta(entry["name"], shape, entry["dtype"], tuple(profile[0]), tuple(profile[2]))
 
 
 class Runner(base.Runner):
@@ -68,14 +71,16 @@ class Runner(base.Runner):
         self.manifest = EngineManifest.read(engine_dir)
         if self.manifest.backend != BACKEND:
             raise UserError(f"{engine_dir}: a {self.manifest.backend} engine, not a TensorRT one")
+        self.engine_file = self.engine_dir / self.manifest.engine_file
+        if not self.engine_file.is_file() or sha256_file(self.engine_file) != self.manifest.engine_sha256:
+            raise UserError(f"{self.engine_file}: engine file missing or changed since build; {REBUILD_HINT}")
         io = self.manifest.build_flags.get("io")
         if not io:
             raise UserError(f"{engine_dir}: manifest lists no engine inputs; {REBUILD_HINT}")
         self._inputs = [_meta(entry) for entry in io if entry["input"]]
         self._outputs = [_meta(entry) for entry in io if not entry["input"]]
-        self._profiles = {entry["name"]: entry.get("profile") for entry in io if entry["input"]}
-        self.cuda_graph = bool(self.manifest.session_options.get("cuda_graph"))
-        self._active: _Active | None = None
+        self.cuda_graph = bool(self.manifest.backend_options.get("cuda_graph"))
+        self._state: _Active | None = None
         self._timing: dict[str, float] | None = None
 
     @property
@@ -86,53 +91,43 @@ class Runner(base.Runner):
     def outputs(self) -> list[TensorMeta]:
         return self._outputs
 
-    @property
-    def is_active(self) -> bool:
-        return self._active is not None
-
-    def activate(self) -> None:
-        if self._active is not None:
-            return
+    def _activate(self) -> None:
         require_tensorrt()
         import tensorrt as trt
 
-        engine_file = self.engine_dir / self.manifest.model_file
-        if not engine_file.is_file() or sha256_file(engine_file) != self.manifest.model_sha256:
-            raise UserError(f"{engine_file}: engine file missing or changed since build; {REBUILD_HINT}")
         cuda = load_cuda()
         check_runs_here(self.engine_dir, self.manifest.device, gpu_device(cuda, trt.__version__),
                         self.manifest.build_flags)  # fmt: skip
         logger = make_logger()
         version_compatible = bool(self.manifest.build_flags.get("version_compatible"))
-        runtime, engine = deserialize_engine(engine_file.read_bytes(), logger, version_compatible)
+        runtime, engine = deserialize_engine(self.engine_file.read_bytes(), logger, version_compatible)
         context = engine.create_execution_context()
         stream = cuda.stream_create()
         events = [cuda.event_create() for _ in range(4)]  # before H2D, after H2D, after compute, after D2H
-        self._active = _Active(cuda, runtime, engine, context, stream, events, logger)
+        self._state = _Active(cuda, runtime, engine, context, stream, events, logger)
 
-    def deactivate(self) -> None:
-        active, self._active = self._active, None
-        if active is None:
+    def _deactivate(self) -> None:
+        state, self._state = self._state, None
+        if state is None:
             return
-        cuda = active.cuda
-        cuda.stream_synchronize(active.stream)
-        for buffers in active.buffers.values():
+        cuda = state.cuda
+        cuda.stream_synchronize(state.stream)
+        for buffers in state.buffers.values():
             if buffers.graph is not None:
                 cuda.graph_destroy(buffers.graph)
             for pointer in buffers.device.values():
                 cuda.free(pointer)
             for array in buffers.host.values():
                 cuda.free_pinned(array)
-        for event in active.events:
+        for event in state.events:
             cuda.event_destroy(event)
-        cuda.stream_destroy(active.stream)
+        cuda.stream_destroy(state.stream)
         # Context before engine before runtime: TensorRT's documented destruction order.
-        del active.context, active.engine, active.runtime
+        del state.context, state.engine, state.runtime
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.activate()
-        active = self._active
-        assert active is not None
+        active = self._state
+        assert active is not None  # the base class infers only while active
         cuda, stream, (start, copied_in, computed, copied_out) = active.cuda, active.stream, active.events
         buffers = self._bind(active, feeds)
         for meta in self._inputs:
@@ -198,21 +193,14 @@ class Runner(base.Runner):
             device[meta.name] = active.cuda.malloc(host[meta.name].nbytes)
         return _Buffers(host, device)
 
-    # Until engines.base gains the activate/infer/deactivate lifecycle (GUIDE interface 2).
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._infer(feeds)
-
-    def close(self) -> None:
-        self.deactivate()
-
     def timing(self) -> dict[str, float] | None:
         return self._timing
 
     def memory(self) -> dict[str, int]:
-        figures = {"engine_bytes": (self.engine_dir / self.manifest.model_file).stat().st_size}
-        if self._active is not None:
+        figures = {"engine_bytes": self.engine_file.stat().st_size}
+        if self._state is not None:
             # Activation memory a context needs (v2: includes weight-streaming scratch), plus our I/O buffers.
-            figures["device_memory_bytes"] = int(self._active.engine.device_memory_size_v2)
-            figures["io_device_bytes"] = sum(buffers.host[name].nbytes for buffers in self._active.buffers.values()
+            figures["device_memory_bytes"] = int(self._state.engine.device_memory_size_v2)
+            figures["io_device_bytes"] = sum(buffers.host[name].nbytes for buffers in self._state.buffers.values()
                                              for name in buffers.device)  # fmt: skip
         return figures
