@@ -11,3 +11,4 @@ BENCH = ("mimicnorm-deploy/bench", 2)  # 2: raw samples, device timing lists, en
 REPORT = ("mimicnorm-deploy/report", 1)
 MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)
 TENSORRT_DLA_LAYERS = ("mimicnorm-deploy/tensorrt-dla-layers", 1)  # engine_dir/dla_layers.json: where each layer runs
+BUNDLE = ("mimicnorm-deploy/bundle", 1)  # bundle.json: a bundle's or a device results archive's files and engines

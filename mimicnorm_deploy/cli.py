@@ -386,6 +386,162 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         print(f"{kind}: {path}")
 
 
+def _bundle_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--target", required=True, choices=list(TARGETS), metavar="TARGET",
+                   help="the device the bundle is for (e.g. jetson-orin-nx); `calibrate --target` lists them")
+    p.add_argument("--out", required=True, help="bundle .tar.gz")
+    p.add_argument("--test-set", action="store_true", help="also carry the labelled test images (data/test.npz)")
+
+
+def _cmd_bundle(args: argparse.Namespace) -> None:
+    from mimicnorm_deploy.bundle import write_bundle
+
+    manifest = write_bundle(args.run_dir, args.target, args.out, test_set=args.test_set)
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    print(f"{args.out}: {len(manifest['files'])} files ({size / 2**20:.1f} MiB), "
+          f"{len(manifest['engines'])} engines to build on {args.target}")  # fmt: skip
+    for engine in manifest["engines"]:
+        print(f"  {engine['name']}: {engine['kind']}")
+
+
+def _unbundle_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="new directory to extract into")
+
+
+def _cmd_unbundle(args: argparse.Namespace) -> None:
+    from mimicnorm_deploy.bundle import extract_bundle
+
+    manifest = extract_bundle(args.bundle, args.out)
+    print(f"{args.out}: {len(manifest['files'])} files checked (sha256) for {manifest['target']['name']}")
+    for engine in manifest["engines"]:
+        print(f"  {engine['name']}: {engine['kind']}")
+
+
+def _trtexec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="ONNX model: FP32 (alone or with --calib-cache), FP16 or Q/DQ")
+    p.add_argument("--target", required=True, choices=[n for n, t in TARGETS.items() if t.backend == "tensorrt"],
+                   metavar="TARGET", help="a TensorRT target: desktop-gpu, jetson-orin-agx|nx|nano[-dla0|1]")
+    p.add_argument("--trt-version", help="TensorRT version the lines are for, e.g. 10.3 (default: the target's "
+                   "oldest, JetPack 6's 10.3 on a Jetson); 11.x is always strongly typed")  # fmt: skip
+    p.add_argument("--calib-cache", help="TensorRT 10 calibration cache for the FP32 model (implicit INT8)")
+    p.add_argument("--plan", help="precision plan (.plan.json): its high-precision layers are pinned (TensorRT 10)")
+    p.add_argument("--batch-sizes", default="1,64", help="one engine and benchmark per batch size (default 1,64)")
+    p.add_argument("--out-dir", help="engines, logs and exports (default ARTIFACT without .onnx + .trtexec)")
+    p.add_argument("--timing-cache", help="timing cache shared between builds (default OUT_DIR/timing.cache)")
+    p.add_argument("--write-script", metavar="PATH", help="write a bash script instead of printing the lines")
+
+
+def _cmd_trtexec(args: argparse.Namespace) -> None:
+    import shlex
+
+    from engines.tensorrt.trtexec import render_script, trtexec_lines
+
+    from engines.artifacts import atomic_write_text
+    from engines.targets import get_target
+
+    batch_sizes = _batch_sizes(args.batch_sizes)
+    out_dir = args.out_dir or str(Path(args.artifact).with_suffix("")) + ".trtexec"
+    lines = trtexec_lines(args.artifact, get_target(args.target), out_dir, trt_version=args.trt_version,
+                          batch_sizes=batch_sizes, calibration_cache=args.calib_cache, plan=args.plan,
+                          timing_cache=args.timing_cache)  # fmt: skip
+    if args.write_script:
+        atomic_write_text(args.write_script, render_script(lines, out_dir, batch_sizes))
+        Path(args.write_script).chmod(0o755)
+        print(f"written {args.write_script}")
+    else:
+        for line in lines:
+            print(shlex.join(["trtexec", *line]))
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch-sizes {text!r} is not a list of positive integers; pass e.g. 1,64")
+    return sizes
+
+
+def _import_trtexec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--times", required=True, action="append", help="--exportTimes file (repeat: one per batch size)")
+    p.add_argument("--log", action="append", help="trtexec's output for each --times, same order (GPU, TensorRT "
+                   "version, batch shape, device memory)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, help="batch of a single --times file imported without its log")
+    p.add_argument("--profile", help="--exportProfile file: per-layer times")
+    p.add_argument("--layers", help="--exportLayerInfo file: per-layer types and precisions")
+    p.add_argument("--target", choices=list(TARGETS), metavar="TARGET", help="the target the engine was built for")
+    p.add_argument("--fingerprint", action="store_true", help="trtexec ran on this machine: record its environment "
+                   "(CPU, load, libraries, Jetson power mode and clocks) in the bench JSON")  # fmt: skip
+    p.add_argument("--out", required=True, help="bench .json")
+
+
+def _cmd_import_trtexec(args: argparse.Namespace) -> None:
+    from engines.trtexec_import import TrtexecRun, bench_record
+
+    from engines.artifacts import write_json
+    from engines.schemas import BENCH
+
+    logs = args.log or []
+    if logs and len(logs) != len(args.times):
+        raise UserError(f"{len(args.times)} --times but {len(logs)} --log; pass one --log per --times, same order")
+    if args.batch_size is not None and len(args.times) > 1:
+        raise UserError("--batch-size names the batch of a single --times file; with several, pass their --log files")
+    runs = [TrtexecRun(times, logs[i] if logs else None, args.batch_size) for i, times in enumerate(args.times)]
+    record = bench_record(runs, profile=args.profile, layers=args.layers, target=args.target)
+    if args.fingerprint:
+        from engines.fingerprint import environment_fingerprint
+
+        record["environment"] = environment_fingerprint()
+    write_json(args.out, *BENCH, record)
+    for r in record["latency"]:
+        print(f"batch {r['batch_size']:4d}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, "
+              f"{r['throughput_ips']:.0f} img/s ({r['iterations']} queries, trtexec)")  # fmt: skip
+    print(f"written {args.out}")
+
+
+def _import_tegrastats_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bench", required=True, help="bench .json to update (its entry at --batch-size)")
+    p.add_argument("--log", required=True, help="tegrastats output, sampled while the engine ran at --batch-size")
+    p.add_argument("--batch-size", type=int, required=True)
+
+
+def _cmd_import_tegrastats(args: argparse.Namespace) -> None:
+    from engines.jetson import BOARD_RAIL, attach_power
+
+    from engines.artifacts import read_json, write_json
+    from engines.schemas import BENCH
+
+    log = Path(args.log)
+    if not log.is_file():
+        raise UserError(f"{log}: no such tegrastats log; save tegrastats' output while the engine runs")
+    record = read_json(args.bench, *BENCH)
+    body = {key: value for key, value in record.items() if key not in ("schema", "schema_version")}
+    attach_power(body, args.batch_size, log.read_text(errors="replace").splitlines(), str(log))
+    write_json(args.bench, *BENCH, body)
+    power = next(e["power"] for e in body["latency"] if e["batch_size"] == args.batch_size)
+    energy = power.get("energy_per_image_mj")
+    print(f"batch {args.batch_size}: mean {BOARD_RAIL} {power['mean_power_mw'].get(BOARD_RAIL, 'n/a')} mW over "
+          f"{power['samples']} samples" + ("" if energy is None else f", {energy:.3f} mJ/image"))  # fmt: skip
+
+
+def _pack_results_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results_dir", help="<norm>/bench/<variant>.json files, logs and device facts")
+    p.add_argument("--target", required=True, choices=list(TARGETS), metavar="TARGET")
+    p.add_argument("--out", required=True, help="results .tar.gz")
+
+
+def _cmd_pack_results(args: argparse.Namespace) -> None:
+    from mimicnorm_deploy.device_results import SUMMARY_NAME, pack_results
+
+    manifest = pack_results(args.results_dir, args.target, args.out)
+    print(Path(args.results_dir, SUMMARY_NAME).read_text(), end="")
+    print(f"{args.out}: {len(manifest['files'])} files; on the workstation: mimicnorm-deploy unbundle {args.out} "
+          f"--out RUN_DIR/devices/{args.target}, then mimicnorm-deploy report RUN_DIR")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -413,6 +569,18 @@ COMMANDS = [
     Command("build", _cmd_build, _build_arguments, "build an engine directory with one backend"),
     Command("bench", _cmd_bench, _bench_arguments, "latency, memory and accuracy of an engine"),
     Command("report", _cmd_report, _report_arguments, "JSON + Markdown + PNG report of a run directory"),
+    Command("bundle", _cmd_bundle, _bundle_arguments,
+            "pack what a target needs from a run directory into one checked archive"),
+    Command("unbundle", _cmd_unbundle, _unbundle_arguments,
+            "check every file of a bundle (sha256) and extract it, all or nothing"),
+    Command("trtexec", _cmd_trtexec, _trtexec_arguments,
+            "the trtexec command lines that build and benchmark an artifact on a target"),
+    Command("import-trtexec", _cmd_import_trtexec, _import_trtexec_arguments,
+            "turn trtexec's exported files and log into a bench JSON"),
+    Command("import-tegrastats", _cmd_import_tegrastats, _import_tegrastats_arguments,
+            "add the power a tegrastats log sampled to a bench JSON entry"),
+    Command("pack-results", _cmd_pack_results, _pack_results_arguments,
+            "summarise a device's bench results and pack them to carry home"),
 ]  # fmt: skip
 
 
