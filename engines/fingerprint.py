@@ -19,11 +19,11 @@ from pathlib import Path
 
 from engines.artifacts import library_versions, now_utc
 from engines.cpu import cpu_features
+from engines.jetson import TEGRA_RELEASE, cuda_version, device_root, parse_jetson_clocks, run_tool, sysfs_clocks
 
 # Environment variables that change how many threads the math libraries use.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 NVIDIA_SMI_FIELDS = ("name", "driver_version", "memory.total", "clocks.sm", "clocks.max.sm", "pstate", "power.limit")
-JETSON_RELEASE = Path("/etc/nv_tegra_release")
 CPUFREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")
 COMMAND_TIMEOUT_S = 10
 
@@ -116,18 +116,25 @@ def parse_nvpmodel(text: str) -> str | None:
 
 
 def jetson_info() -> dict:
-    """L4T release, power mode and GPU/EMC clocks on a Jetson; empty elsewhere."""
-    if not JETSON_RELEASE.is_file():
+    """L4T release, CUDA version, power mode and GPU/EMC clocks (locked or not) on a Jetson; empty elsewhere.
+
+    Read under MIMICNORM_DEVICE_ROOT with the tools NVPMODEL and JETSON_CLOCKS name (engines.jetson), so the
+    device script and tests can point them elsewhere. `jetson_clocks --show` needs root: the device script
+    passes JETSON_CLOCKS="sudo -n jetson_clocks"; without it the clock lock state is left out.
+    """
+    root = device_root()
+    release = root / TEGRA_RELEASE
+    if not release.is_file():
         return {}
-    info: dict = {"l4t": parse_tegra_release(JETSON_RELEASE.read_text(errors="replace"))}
-    mode = parse_nvpmodel(_run(["nvpmodel", "-q"]))
+    info: dict = {"l4t": parse_tegra_release(release.read_text(errors="replace"))}
+    cuda = cuda_version(root)
+    if cuda is not None:
+        info["cuda"] = cuda
+    mode = parse_nvpmodel(run_tool("NVPMODEL", "nvpmodel", "-q"))
     if mode is not None:
         info["power_mode"] = mode
-    # devfreq names the GPU node differently per module (17000000.gpu on Orin, 57000000.gpu on Xavier).
-    for devfreq in sorted(Path("/sys/class/devfreq").glob("*gpu*")):
-        with contextlib.suppress(OSError):
-            info["gpu_cur_freq_hz"] = int((devfreq / "cur_freq").read_text())
-            info["gpu_max_freq_hz"] = int((devfreq / "max_freq").read_text())
+    info.update(parse_jetson_clocks(run_tool("JETSON_CLOCKS", "jetson_clocks", "--show")))
+    info.update(sysfs_clocks(root))
     return info
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from engines.artifacts import atomic_path, atomic_write_text, now_utc, read_json, write_json
 from engines.errors import UserError
 from engines.schemas import BENCH, CALIBRATION, REPORT, TRAIN_REPORT
+from mimicnorm_deploy.device_results import device_sections, render_device_table
 from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, VARIANTS, RunLayout
 
 NORM_LABELS = {"mimic": "MimicNorm", "bn": "BN-folded"}
@@ -26,6 +27,7 @@ def build_report(run_dir: str | os.PathLike) -> dict[str, Any]:
         "rendered_on": platform.platform(),
         "models": models,
         "comparisons": _comparisons(models),
+        "devices": device_sections(run_dir),  # results unbundled from Jetsons (mimicnorm_deploy.device_results)
     }
 
 
@@ -179,6 +181,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 _num(e["memory"].get("peak_rss_bytes", 0) / 2**20, ".0f"),
                 _num(e["memory"].get("model_file_bytes", 0) / 2**10, ".0f"), spread_text,
             ]))  # fmt: skip
+    lines += render_device_table(report, NORM_LABELS)
     comparisons = report["comparisons"]
     lines += ["", "## Ratios", ""]
     if "mimic_vs_bn" in comparisons:
