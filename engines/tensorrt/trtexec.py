@@ -33,13 +33,13 @@ import onnx
 
 from engines.artifacts import read_json
 from engines.errors import UserError
+from engines.precision_plan import PLAN_SCHEMA
 from engines.targets import Target, parse_tensorrt_version
 
 ARTIFACT_KINDS = ("fp32", "fp16", "qdq", "int8-cache")
 SUPPORTED_MAJORS = (10, 11)
 WARMUP_MS = 500  # as engines.bench: 0.5 s of warm-up, then at least 2 s of timed queries
 DURATION_S = 2
-_PLAN_SCHEMA = ("mimicnorm-deploy/precision-plan", 2)
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
@@ -96,7 +96,7 @@ def model_input(model: onnx.ModelProto) -> ModelInput:
 
 def plan_high_precision_layers(plan_path: str | os.PathLike) -> dict[str, str]:
     """Node name -> precision of the layers a precision plan keeps out of INT8."""
-    plan = read_json(plan_path, *_PLAN_SCHEMA)
+    plan = read_json(plan_path, *PLAN_SCHEMA)  # only its layers: what a TensorRT 10 build pins
     return {node: precision for node, precision in plan["layers"].items() if precision != "int8"}
 
 
