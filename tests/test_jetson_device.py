@@ -132,7 +132,7 @@ def run_dir(tmp_path_factory):
     options = CalibrateOptions(per_channel=True, target="jetson-orin-nx", trt_cache=str(layout.tensorrt_cache("mimic")),
                                fp16=str(model_dir / "model.fp16.onnx"))  # fmt: skip
     calibrate_stage(layout.onnx("mimic"), layout.calibration_set, layout.onnx("mimic", "int8-tensorrt"), options)
-    build_stage(layout.onnx("mimic"), layout.engine("mimic", "fp32"), precision="fp32")
+    build_stage(layout.onnx("mimic"), layout.engine("mimic", "fp32"))
     bench_stage(layout.engine("mimic", "fp32"), layout.bench("mimic", "fp32"), batch_sizes=(1, 8), min_duration_s=0.1)
     return layout
 

@@ -163,9 +163,10 @@ def _fake_env():
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-@pytest.fixture
-def trtexec_run(tmp_path):
+@pytest.fixture(scope="module")
+def trtexec_run(tmp_path_factory):
     """Build + benchmark lines for batch 1 and 8 run through the FAKE trtexec, as run.sh does."""
+    tmp_path = tmp_path_factory.mktemp("trtexec")
     model = _tiny_model(tmp_path / "model.onnx")
     out = tmp_path / "trtexec"
     out.mkdir()

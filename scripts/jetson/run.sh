@@ -112,9 +112,14 @@ bench_with_trtexec() {  # name kind model cache plan
 bench_with_backend() {  # name kind model cache plan
   local name="$1" model="$work/bundle/$3" cache="$4" plan="$5"
   local norm="${name%%/*}" variant="${name#*/}" engine="$work/engines/$1"
-  local args=("$model" --out "$engine" --backend tensorrt --target "$target")
-  [ "$cache" != "-" ] && args+=(--calib-cache "$work/bundle/$cache")
-  [ "$plan" != "-" ] && args+=(--plan "$work/bundle/$plan")
+  local sizes=(${batch_sizes//,/ })
+  local largest
+  largest="$(printf '%s\n' "${sizes[@]}" | sort -n | tail -n 1)"
+  # one engine for every batch size: the profile spans them, tuned for the first (latency at batch 1)
+  local args=("$model" --out "$engine" --backend tensorrt --target "$target" --min-batch 1
+              --opt-batch "${sizes[0]}" --max-batch "$largest" --timing-cache-dir "$work/timing")
+  [ "$cache" != "-" ] && args+=(--calibration-cache "$work/bundle/$cache")
+  [ "$cache" != "-" ] && [ "$plan" != "-" ] && args+=(--plan "$work/bundle/$plan")  # a Q/DQ file carries its plan
   $MIMICNORM build "${args[@]}" >&2
   local eval_args=()
   [ -f "$test_set" ] && eval_args=(--eval "$test_set")
