@@ -17,10 +17,11 @@ import onnx
 from onnx import TensorProto, numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-from calibration.inputs import load_onnx
-from calibration.qdq import constant_tensors, is_quantized
+from calibration.inputs import FP32_MODEL_HINT
+from calibration.qdq import constant_tensors
 from engines.artifacts import atomic_path
 from engines.errors import UserError
+from engines.onnx_model import is_quantized, load_onnx
 
 FP16_MAX = 65504.0  # largest finite float16
 FP16_QDQ_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take FP16 scales
@@ -60,7 +61,7 @@ def convert_fp16(
     path = Path(model_path)
     if Path(out_path).resolve() == path.resolve():
         raise UserError(f"{out_path}: output would overwrite the FP32 input model; pass another output path")
-    model = load_onnx(path)
+    model = load_onnx(path, hint=FP32_MODEL_HINT)
     if is_quantized(model):
         raise UserError(f"{path}: already quantized (has Q/DQ or quantized ops); pass the FP32 model")
     return _write_fp16(model, path, out_path, keep_io_fp32, activation_max_abs)
@@ -78,7 +79,7 @@ def convert_qdq_fp16(
     fusion. Model inputs and outputs stay FP32.
     """
     path = Path(qdq_model_path)
-    model = load_onnx(path)
+    model = load_onnx(path, hint="pass the Q/DQ model written by calibration.quantize.write_qdq_model")
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < FP16_QDQ_OPSET:
             opset.version = FP16_QDQ_OPSET

@@ -9,30 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import Error as ProtobufError
 
-from calibration.qdq import WEIGHTED_OPS, is_quantized
+from calibration.qdq import WEIGHTED_OPS
 from engines.errors import UserError
+from engines.onnx_model import is_quantized, load_onnx
 
-
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """A valid ONNX model from `path`, or a UserError saying why not."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; pass the FP32 ONNX model written by 'mimicnorm-deploy export'")
-    try:
-        model = onnx.load(str(path))
-        # Protobuf parses many non-ONNX byte strings without complaint; an empty graph gives them away.
-        if not model.graph.node:
-            raise ValueError("no graph")
-        onnx.checker.check_model(model)
-    except (ProtobufError, OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise UserError(f"{path}: not an ONNX model ({exc.__class__.__name__}); pass the FP32 .onnx file") from None
-    return model
+FP32_MODEL_HINT = "pass the FP32 ONNX model written by 'mimicnorm-deploy export'"
 
 
 def load_fp32_model(path: Path) -> onnx.ModelProto:
-    """`load_onnx`, plus: not yet quantized, and with a layer worth quantizing."""
-    model = load_onnx(path)
+    """engines.onnx_model.load_onnx, plus: not yet quantized, and with a layer worth quantizing."""
+    model = load_onnx(path, hint=FP32_MODEL_HINT)
     if is_quantized(model):
         raise UserError(f"{path}: already quantized (has Q/DQ or quantized ops); pass the FP32 model")
     if not any(node.op_type in WEIGHTED_OPS for node in model.graph.node):

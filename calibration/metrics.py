@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from engines.onnx_model import load_onnx
+
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB: 10 log10(sum ref^2 / sum (ref - test)^2); inf when equal."""
@@ -64,7 +66,7 @@ class LayerWeightSpread:
 def weight_range_spread(model: onnx.ModelProto | str | Path) -> list[LayerWeightSpread]:
     """Spread of every Conv, Gemm and MatMul weight initializer of an FP32 model, in graph order."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        model = load_onnx(model)
     initializers = {init.name: init for init in model.graph.initializer}
     spreads = []
     for node in model.graph.node:

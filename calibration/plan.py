@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from calibration.fp16 import convert_fp16, convert_qdq_fp16
 from calibration.inputs import calibration_batch_images, image_input, load_fp32_model
@@ -33,9 +32,8 @@ from calibration.quantize import QuantizeResult, write_qdq_model
 from calibration.ranges import ActivationRanges, images_sha256
 from engines.artifacts import atomic_path, sha256_file
 from engines.errors import UserError
+from engines.onnxruntime.session import run_model
 from engines.precision_plan import HIGH_PRECISIONS, Gate, GateResult, LayerSensitivity, Move, PrecisionPlan, qdq_options
-
-EVAL_BATCH = 256  # images per ONNX Runtime run when scoring a candidate model
 
 # message(text): one line per step of the planner (sensitivity of each layer, each move).
 PlanProgress = Callable[[str], None]
@@ -212,13 +210,7 @@ def _planned_model(model_path: str | os.PathLike, ranges: ActivationRanges) -> o
 
 def _logits(model_path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     """Logits from ONNX Runtime with graph optimizations off: Q/DQ simulated in float on any CPU."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run(None, {input_name: images[i : i + EVAL_BATCH]})[0] for i in range(0, len(images), EVAL_BATCH)]
-    )
+    return run_model(model_path, images, graph_optimization="disabled")
 
 
 def _gate_result(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None, gate: Gate) -> GateResult:

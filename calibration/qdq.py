@@ -6,30 +6,10 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, numpy_helper
 
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+from engines.onnx_model import QDQ_OPS
+
 # Ops whose weights INT8 is for; a model without any has nothing worth quantizing.
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
-# Ops that only appear in a model someone already quantized: the Q/DQ pair, ONNX Runtime's
-# QOperator format and dynamic quantization.
-QUANTIZED_OPS = frozenset(
-    {
-        *QDQ_OPS,
-        "DynamicQuantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "ConvInteger",
-        "MatMulInteger",
-        "QGemm",
-        "QLinearAdd",
-        "QLinearMul",
-    }
-)
-
-
-def is_quantized(model: onnx.ModelProto) -> bool:
-    return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
-
-
 def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
     """{"QuantizeLinear": n, "DequantizeLinear": m} for the main graph."""
     counts = dict.fromkeys(QDQ_OPS, 0)

@@ -12,20 +12,20 @@ Rendered as JSON (inside the calibration record), Markdown and a PNG of the per-
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from calibration.metrics import accuracy, sqnr_db, sqnr_from_sums, top1_agreement, weight_range_spread
 from calibration.qdq import quantizable_layers
 from engines.artifacts import atomic_path, atomic_write_text
-
-EVAL_BATCH = 256
+from engines.onnx_model import load_onnx
+from engines.onnxruntime.session import BATCH_SIZE, create_session, session_batches
 
 
 @dataclass
@@ -72,33 +72,34 @@ def measure_quality(
     calibrated model also runs with ONNX Runtime's graph optimizations, which fuse Q/DQ into its
     INT8 kernels). `progress(done, total)` counts images.
     """
-    model = onnx.load(str(fp32_model))
+    model = load_onnx(fp32_model)
     layers = quantizable_layers(model)
     spreads = {s.node: s.spread for s in weight_range_spread(model)}
     fp32_outputs = [node.output[0] for node in layers]
-    calibrated = onnx.load(str(calibrated_model))
+    calibrated = load_onnx(calibrated_model)
     calibrated_outputs = _layer_outputs(calibrated, [node.name for node in layers])
 
-    reference = _Probe(model, fp32_outputs, simulate=True)
-    simulated = _Probe(calibrated, calibrated_outputs, simulate=True)
-    kernel_run = _Probe(calibrated, [], simulate=False) if kernels else None
+    batches = -(-len(images) // BATCH_SIZE)
+    runs = zip(
+        _probe(model, fp32_outputs, images, simulate=True),
+        _probe(calibrated, calibrated_outputs, images, simulate=True),
+        _probe(calibrated, [], images, simulate=False) if kernels else itertools.repeat(None, batches),
+        strict=True,
+    )
     signal = np.zeros(len(layers))
     noise = np.zeros(len(layers))
     logits = {"fp32": [], "simulated": [], "kernels": []}
-    for start in range(0, len(images), EVAL_BATCH):
-        batch = images[start : start + EVAL_BATCH]
-        ref_logits, *ref_layers = reference.run(batch)
-        sim_logits, *sim_layers = simulated.run(batch)
+    for batch_index, ((ref_logits, *ref_layers), (sim_logits, *sim_layers), kernel_outputs) in enumerate(runs):
         for index, (ref, sim) in enumerate(zip(ref_layers, sim_layers, strict=True)):
             ref, sim = ref.astype(np.float64), sim.astype(np.float64)
             signal[index] += float(np.sum(ref**2))
             noise[index] += float(np.sum((ref - sim) ** 2))
         logits["fp32"].append(ref_logits)
         logits["simulated"].append(sim_logits.astype(np.float32))
-        if kernel_run is not None:
-            logits["kernels"].append(kernel_run.run(batch)[0].astype(np.float32))
+        if kernel_outputs is not None:
+            logits["kernels"].append(kernel_outputs[0].astype(np.float32))
         if progress is not None:
-            progress(min(start + EVAL_BATCH, len(images)), len(images))
+            progress(min((batch_index + 1) * BATCH_SIZE, len(images)), len(images))
     fp32, sim = np.concatenate(logits["fp32"]), np.concatenate(logits["simulated"])
     quality = ModelQuality(
         images=len(images),
@@ -120,7 +121,7 @@ def measure_quality(
             for i, node in enumerate(layers)
         ],
     )
-    if kernel_run is not None:
+    if kernels:
         kernel_logits = np.concatenate(logits["kernels"])
         quality.kernel_logits_sqnr_db = sqnr_db(fp32, kernel_logits)
         quality.kernel_top1_agreement = top1_agreement(fp32, kernel_logits)
@@ -128,24 +129,16 @@ def measure_quality(
     return quality
 
 
-class _Probe:
-    """An ONNX Runtime session that returns the logits plus the named intermediate tensors."""
-
-    def __init__(self, model: onnx.ModelProto, extra_outputs: list[str], *, simulate: bool) -> None:
-        graph_outputs = [output.name for output in model.graph.output]
-        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
-        model.graph.output.extend(
-            onnx.ValueInfoProto(name=name) for name in extra_outputs if name not in graph_outputs
-        )
-        options = ort.SessionOptions()
-        if simulate:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.names = [graph_outputs[0], *extra_outputs]
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(self.names, {self.input_name: batch})
+def _probe(
+    model: onnx.ModelProto, extra_outputs: list[str], images: np.ndarray, *, simulate: bool
+) -> Iterator[list[np.ndarray]]:
+    """Batches of [logits, *extra_outputs] (named intermediate tensors) of `model` on `images`;
+    `simulate` runs Q/DQ as float ops, else ONNX Runtime fuses them into its INT8 kernels."""
+    graph_outputs = [output.name for output in model.graph.output]
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra_outputs if name not in graph_outputs)
+    session = create_session(model, graph_optimization="disabled" if simulate else "all")
+    return session_batches(session, images, output_names=[graph_outputs[0], *extra_outputs])
 
 
 def _layer_outputs(model: onnx.ModelProto, node_names: list[str]) -> list[str]:

@@ -40,7 +40,6 @@ from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 from calibration.data import ProgressCallback
 from calibration.inputs import load_fp32_model
 from calibration.qdq import (
-    QDQ_OPS,
     dangling_qdq,
     qdq_zero_point_violations,
     quantizable_layers,
@@ -49,6 +48,7 @@ from calibration.qdq import (
 from calibration.ranges import DEFAULT_PERCENTILE, ActivationRanges, calibrate_ranges, check_method
 from engines.artifacts import atomic_path
 from engines.errors import UserError
+from engines.onnx_model import QDQ_OPS
 
 ORT_EXTRA_OPTIONS = {
     # Zero point 0 everywhere: TensorRT accepts symmetric Q/DQ only.

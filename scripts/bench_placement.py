@@ -4,37 +4,52 @@
     python scripts/bench_placement.py MODEL.onnx CALIB.npz [--activations uint8] [--batch 64] [--rounds 5]
 
 Writes the model per-channel with MinMax ranges under the tensorrt and the onnxruntime placement,
-then times FP32 and both INT8 models in interleaved rounds (each round: every model for --seconds),
-and prints the median p50-per-run latency, the ratio to FP32, and how many Conv nodes ONNX Runtime
-fused into QLinearConv.
+then builds an ONNX Runtime engine of FP32 and both INT8 models and times them with the shared
+harness (engines.bench.measure_latency) in interleaved rounds (each round: every engine for
+--seconds), and prints the median over rounds of each round's p50 latency, the ratio to FP32, and
+how many Conv nodes ONNX Runtime fused into QLinearConv.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 from calibration.quantize import PLACEMENTS, write_qdq_model  # noqa: E402
 from calibration.ranges import calibrate_ranges  # noqa: E402
+from engines import build_engine, load_runner  # noqa: E402
 from engines.artifacts import load_image_set  # noqa: E402
+from engines.bench import measure_latency  # noqa: E402
+from engines.onnxruntime.session import create_session  # noqa: E402
 
 
 def fused_op_counts(model_path: Path, tmp: Path) -> collections.Counter:
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp / f"{model_path.stem}.optimized.onnx")
-    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    optimized = tmp / f"{model_path.stem}.optimized.onnx"
+    create_session(model_path, optimized_model_path=optimized)
+    return collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+
+
+def interleaved_p50(engines: dict[str, Path], batch: int, rounds: int, seconds: float) -> dict[str, list[float]]:
+    """Each engine's p50 latency (engines.bench.measure_latency) once per round, engines in turn."""
+    latencies: dict[str, list[float]] = collections.defaultdict(list)
+    with contextlib.ExitStack() as stack:
+        runners = {name: stack.enter_context(load_runner(path)) for name, path in engines.items()}
+        for round_index in range(rounds):
+            for name, runner in runners.items():
+                result = measure_latency(runner, batch, warmup_s=0.2, min_iterations=10, min_duration_s=seconds)
+                latencies[name].append(result.p50_ms)
+            print(f"round {round_index + 1}/{rounds}", file=sys.stderr, flush=True)
+    return latencies
 
 
 def main() -> int:
@@ -48,7 +63,6 @@ def main() -> int:
     args = parser.parse_args()
     images, _ = load_image_set(args.calib)
     ranges = calibrate_ranges(args.model, images)
-    batch = images[: args.batch]
     with tempfile.TemporaryDirectory(prefix="bench-placement.") as tmp_dir:
         tmp = Path(tmp_dir)
         paths = {"fp32": Path(args.model)}
@@ -56,19 +70,10 @@ def main() -> int:
             paths[placement] = tmp / f"{placement}.onnx"
             write_qdq_model(args.model, ranges, paths[placement], per_channel=True, activations=args.activations,
                             placement=placement)  # fmt: skip
-        sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                    for name, path in paths.items()}  # fmt: skip
-        input_name = sessions["fp32"].get_inputs()[0].name
-        latencies: dict[str, list[float]] = collections.defaultdict(list)
-        for round_index in range(args.rounds):
-            for name, session in sessions.items():
-                session.run(None, {input_name: batch})  # warm-up
-                started, runs = time.perf_counter(), 0
-                while time.perf_counter() - started < args.seconds:
-                    session.run(None, {input_name: batch})
-                    runs += 1
-                latencies[name].append(1000 * (time.perf_counter() - started) / runs)
-            print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        engines = {name: tmp / "engines" / name for name in paths}
+        for name, path in paths.items():
+            build_engine(path, engines[name])
+        latencies = interleaved_p50(engines, args.batch, args.rounds, args.seconds)
         fp32 = statistics.median(latencies["fp32"])
         print(f"batch {args.batch}, {args.activations} activations, per-channel, {args.rounds} interleaved rounds")
         for name, values in latencies.items():

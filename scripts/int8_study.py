@@ -79,22 +79,15 @@ STUDY_SCHEMA = ("mimicnorm-deploy/int8-study", 1)
 
 def ort_logits(model_path: str | Path, images, *, kernels: bool = False):
     """Logits from ONNX Runtime: Q/DQ simulated in float, or (kernels) fused into its CPU INT8 kernels."""
-    import numpy as np
-    import onnxruntime as ort
+    from engines.onnxruntime.session import run_model
 
-    options = ort.SessionOptions()
-    if not kernels:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i : i + 500]})[0] for i in range(0, len(images), 500)])
+    return run_model(model_path, images, graph_optimization="all" if kernels else "disabled")
 
 
 def evaluate_model(directory: Path, data: dict, say) -> dict:
     """Every INT8 variant of one exported model, scored on the test split."""
     import tempfile
 
-    import onnx
     from onnxruntime.quantization import quantize_static
 
     from calibration.data import ArrayCalibrationReader
@@ -104,6 +97,7 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
     from calibration.quantize import write_qdq_model
     from calibration.ranges import calibrate_ranges
     from calibration.targets import encoding_for
+    from engines.onnx_model import load_onnx
     from engines.precision_plan import Gate
 
     model = directory / "model.onnx"
@@ -136,7 +130,7 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
         # The baseline a user reaches for: quantize_static with every default (per-tensor, MinMax,
         # asymmetric activations), run by ONNX Runtime's own CPU kernels and simulated.
         default = Path(tmp) / "ort-default.onnx"
-        input_name = image_input(onnx.load(str(model)), model)[0]
+        input_name = image_input(load_onnx(model), model)[0]
         quantize_static(str(model), str(default), ArrayCalibrationReader(data["ranges"], input_name, 32))
         result["ort_default_kernels"] = accuracy(ort_logits(default, test_images, kernels=True), test_labels)
         result["ort_default_simulated"] = accuracy(ort_logits(default, test_images), test_labels)

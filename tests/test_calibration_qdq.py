@@ -4,7 +4,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tiny_onnx import make_tiny_resnet
 
-from calibration.qdq import count_qdq, is_quantized, qdq_zero_point_violations
+from calibration.qdq import count_qdq, qdq_zero_point_violations
+from engines.onnx_model import is_quantized
 
 
 def _qdq_model(zero_point: np.ndarray | None, weight: np.ndarray | None = None) -> onnx.ModelProto:

@@ -19,6 +19,7 @@ from engines.cpu import cpu_device, cpu_fingerprint
 from engines.engine_dir import check_replaceable, staged_engine_dir
 from engines.errors import UserError
 from engines.manifest import EngineManifest
+from engines.onnx_model import graph_precision, load_onnx
 from engines.onnxruntime.runner import BACKEND
 from engines.onnxruntime.session import GRAPH_OPTIMIZATION_LEVELS, create_session
 
@@ -28,12 +29,7 @@ if TYPE_CHECKING:
 ENGINE_MODEL_FILE = "model.onnx"
 TARGET = "cpu"  # the one target (engines.targets) this backend builds for
 PRECISIONS = ("fp32", "fp16", "int8")
-# Ops that carry INT8 arithmetic, as Q/DQ pairs or as ONNX Runtime's already-fused forms.
-QUANTIZED_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
-)
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
-EXPORT_HINT = "pass the .onnx written by 'mimicnorm-deploy export' or 'calibrate'"
 
 
 @dataclass
@@ -55,8 +51,8 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     model_path, engine_dir = Path(model_path), Path(engine_dir)
     _check_options(options)
     check_replaceable(engine_dir)
-    model = _load_model(model_path)
-    found = _graph_precision(model)
+    model = load_onnx(model_path, load_external_data=False, check=False)  # ONNX Runtime's load is the check
+    found = graph_precision(model)
     if options.precision is not None and found != options.precision:
         raise UserError(
             f"{model_path}: is an {found} model but precision {options.precision!r} was asked; "
@@ -116,32 +112,6 @@ def _prove_loadable(model_path: Path, staged_model: Path, options: Options) -> N
         ) from None
 
 
-def _load_model(model_path: Path) -> onnx.ModelProto:
-    # onnx is needed to build, not to run: imported here so runners on a target need only onnxruntime.
-    import onnx
-
-    if not model_path.is_file():
-        raise UserError(f"{model_path}: no such file; {EXPORT_HINT}")
-    try:
-        model = onnx.load(os.fspath(model_path), load_external_data=False)
-    # Protobuf raises DecodeError, onnx raises ValueError/RuntimeError: any of them means "not ONNX".
-    except Exception as exc:
-        raise UserError(f"{model_path}: not an ONNX model ({type(exc).__name__}); {EXPORT_HINT}") from None
-    # Arbitrary bytes can parse as an empty protobuf message; a real model has a graph.
-    if model.ir_version == 0 or not model.graph.node:
-        raise UserError(f"{model_path}: not an ONNX model (no graph); {EXPORT_HINT}")
-    return model
-
-
-def _graph_precision(model: onnx.ModelProto) -> str:
-    from onnx import TensorProto
-
-    graph = model.graph
-    if any(node.op_type in QUANTIZED_OPS for node in graph.node):
-        return "int8"
-    value_types = [value.type.tensor_type.elem_type for value in [*graph.input, *graph.value_info, *graph.output]]
-    tensor_types = [init.data_type for init in graph.initializer] + value_types
-    return "fp16" if TensorProto.FLOAT16 in tensor_types else "fp32"
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
@@ -155,7 +125,7 @@ def _write_self_contained(model_path: Path, target: Path) -> None:
     # them makes the engine one file whose sha256 pins all weights.
     import onnx
 
-    model = onnx.load(os.fspath(model_path), load_external_data=True)
+    model = load_onnx(model_path, check=False)
     if model.ByteSize() > PROTOBUF_LIMIT_BYTES:
         raise UserError(f"{model_path}: weights exceed the 2 GiB single-file ONNX limit; this backend needs one file")
     onnx.save(model, os.fspath(target))

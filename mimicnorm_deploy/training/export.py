@@ -10,12 +10,12 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from engines.artifacts import atomic_path
 from engines.errors import UserError
+from engines.onnx_model import load_onnx
+from engines.onnxruntime.session import run_model
 from mimicnorm_deploy.training.checkpoint import load_checkpoint
 from mimicnorm_deploy.training.freeze import ATOL, RTOL, default_check_images
 
@@ -54,18 +54,16 @@ def export_onnx(frozen_checkpoint: str | os.PathLike, out_path: str | os.PathLik
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
             )  # fmt: skip
-        graph = onnx.load(str(tmp))
-        onnx.checker.check_model(graph, full_check=True)
+        graph = load_onnx(tmp, full_check=True, hint="the exporter wrote an invalid model; report it")
         nodes: dict[str, int] = {}
         for node in graph.graph.node:
             nodes[node.op_type] = nodes.get(node.op_type, 0) + 1
         if "BatchNormalization" in nodes:
             raise UserError(f"{frozen_checkpoint}: exported graph still has BatchNormalization nodes; re-run freeze")
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         with torch.inference_mode():
             expected = model(images).numpy()
         # A different batch size than the trace's proves the batch axis is really dynamic.
-        got = np.concatenate([session.run(None, {INPUT_NAME: images[i : i + 3].numpy()})[0] for i in range(0, 8, 3)])
+        got = run_model(tmp, images.numpy(), batch_size=3)
         tolerance = ATOL + RTOL * float(np.abs(expected).max())
         max_diff = float(np.abs(expected - got).max())
         if max_diff > tolerance:
