@@ -436,10 +436,9 @@ def _trtexec_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_trtexec(args: argparse.Namespace) -> None:
     import shlex
 
-    from engines.tensorrt.trtexec import render_script, trtexec_lines
-
     from engines.artifacts import atomic_write_text
     from engines.targets import get_target
+    from engines.tensorrt.trtexec import render_script, trtexec_lines
 
     batch_sizes = _batch_sizes(args.batch_sizes)
     out_dir = args.out_dir or str(Path(args.artifact).with_suffix("")) + ".trtexec"
@@ -479,10 +478,9 @@ def _import_trtexec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_import_trtexec(args: argparse.Namespace) -> None:
-    from engines.trtexec_import import TrtexecRun, bench_record
-
     from engines.artifacts import write_json
     from engines.schemas import BENCH
+    from engines.trtexec_import import TrtexecRun, bench_record
 
     logs = args.log or []
     if logs and len(logs) != len(args.times):
@@ -509,9 +507,8 @@ def _import_tegrastats_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_import_tegrastats(args: argparse.Namespace) -> None:
-    from engines.jetson import BOARD_RAIL, attach_power
-
     from engines.artifacts import read_json, write_json
+    from engines.jetson import BOARD_RAIL, attach_power
     from engines.schemas import BENCH
 
     log = Path(args.log)

@@ -33,6 +33,7 @@ import onnx
 
 from engines.artifacts import read_json
 from engines.errors import UserError
+from engines.onnx_model import QDQ_OPS, load_onnx
 from engines.precision_plan import PLAN_SCHEMA
 from engines.targets import Target, parse_tensorrt_version
 
@@ -40,7 +41,6 @@ ARTIFACT_KINDS = ("fp32", "fp16", "qdq", "int8-cache")
 SUPPORTED_MAJORS = (10, 11)
 WARMUP_MS = 500  # as engines.bench: 0.5 s of warm-up, then at least 2 s of timed queries
 DURATION_S = 2
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ModelInput:
 
 def artifact_kind(model: onnx.ModelProto, calibration_cache: str | os.PathLike | None) -> str:
     """fp32, fp16, qdq or int8-cache (an FP32 model built with a TensorRT 10 calibration cache)."""
-    has_qdq = any(node.op_type in _QDQ_OPS for node in model.graph.node)
+    has_qdq = any(node.op_type in QDQ_OPS for node in model.graph.node)
     if calibration_cache is not None:
         if has_qdq:
             raise UserError("a Q/DQ model carries its own scales; pass the FP32 model.onnx with --calib-cache")
@@ -118,7 +118,7 @@ def trtexec_lines(
     major = parse_tensorrt_version(version)[0]
     if major not in SUPPORTED_MAJORS:
         raise UserError(f"TensorRT {version}: trtexec lines exist for TensorRT 10.x and 11.x; pass --trt-version")
-    model = onnx.load(os.fspath(model_path), load_external_data=False)
+    model = load_onnx(model_path, load_external_data=False, check=False)  # TensorRT's parser is the judge
     kind = artifact_kind(model, calibration_cache)
     image = model_input(model)
     common = [
