@@ -149,8 +149,9 @@ def run_batched(
     """Feed `images` to the first input in batches; return the first output, concatenated.
 
     Images are cast to the input's dtype. An engine built for a fixed batch size (an int first
-    dim) is fed batches of exactly that size: the last one is zero-padded and the padding's
-    outputs dropped. `progress(done, total)` is called after each batch.
+    dim) is fed batches of exactly that size, one with batch bounds (a TensorRT profile) batches
+    within them: a short last batch is zero-padded and the padding's outputs dropped.
+    `progress(done, total)` is called after each batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -159,14 +160,17 @@ def run_batched(
     first_input = runner.inputs[0]
     output_name = runner.outputs[0].name
     fixed_batch = first_input.shape[0] if first_input.shape and isinstance(first_input.shape[0], int) else None
-    step = fixed_batch or batch_size
+    # A TensorRT optimization profile bounds the batch: never feed more than its max, pad up to its min.
+    largest = first_input.max_shape[0] if first_input.max_shape else batch_size
+    smallest = fixed_batch or (first_input.min_shape[0] if first_input.min_shape else 1)
+    step = fixed_batch or min(batch_size, largest)
     total = len(images)
     results = []
     for start in range(0, total, step):
         batch = np.ascontiguousarray(images[start : start + step], dtype=first_input.dtype)
         count = len(batch)
-        if fixed_batch is not None and count < fixed_batch:
-            batch = np.concatenate([batch, np.zeros((fixed_batch - count, *batch.shape[1:]), batch.dtype)])
+        if count < smallest:
+            batch = np.concatenate([batch, np.zeros((smallest - count, *batch.shape[1:]), batch.dtype)])
         results.append(runner.infer({first_input.name: batch})[output_name][:count])
         if progress is not None:
             progress(start + count, total)

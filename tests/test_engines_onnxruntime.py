@@ -234,3 +234,26 @@ def test_run_batched_pads_the_last_batch_of_a_fixed_batch_engine():
     images = np.arange(14, dtype=np.float32).reshape(7, 2)
     with FixedBatchRunner() as runner:
         np.testing.assert_array_equal(run_batched(runner, images, batch_size=256), images * 2)
+
+
+class BoundedBatchRunner(FixedBatchRunner):
+    """A dynamic batch bounded to 2..3, as a TensorRT optimization profile bounds it; records the batches fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.fed = []
+
+    @property
+    def inputs(self):
+        return [TensorMeta("x", ("batch", 2), "float32", min_shape=(2, 2), max_shape=(3, 2))]
+
+    def _infer(self, feeds):
+        self.fed.append(len(feeds["x"]))
+        return super()._infer(feeds)
+
+
+def test_run_batched_stays_within_the_engines_batch_bounds():
+    images = np.arange(14, dtype=np.float32).reshape(7, 2)
+    with BoundedBatchRunner() as runner:
+        np.testing.assert_array_equal(run_batched(runner, images, batch_size=256), images * 2)
+    assert runner.fed == [3, 3, 2]  # at most the max; the last image padded up to the min

@@ -203,3 +203,27 @@ def test_device_script_refuses_a_non_jetson_and_a_damaged_bundle(tmp_path, run_d
                           check=False, env=env)  # fmt: skip
     assert done.returncode == 2 and "damaged or not a bundle" in done.stderr
     assert not (tmp_path / "r.work" / "bundle").exists()
+
+
+@pytest.mark.slow
+def test_device_script_builds_with_the_tensorrt_backend(run_dir, tmp_path):
+    """The default path (no --trtexec): build/bench through engines/tensorrt on the recording FAKE
+    tensorrt (tests/fake_tensorrt.py, installed in every subprocess by tests/fakes/tensorrt_site)."""
+    bundle = tmp_path / "nx.tar.gz"
+    assert main(["bundle", str(run_dir.root), "--target", "jetson-orin-nx", "--out", str(bundle), "--test-set"]) == 0
+    env = _device_env(tmp_path)
+    env.update(MIMICNORM_FAKE_TENSORRT="10.3.0.30", TRT_VERSION="", BENCH_SECONDS="0.2",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), str(FAKES / "tensorrt_site")]))
+    done = subprocess.run(["bash", str(REPO / "scripts" / "jetson" / "run.sh"), str(bundle), "--out", "results",
+                           "--batch-sizes", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TensorRT 10.3.0.30" in done.stderr  # the version came from the (fake) tensorrt module
+    for variant in ("fp32", "int8-tensorrt", "int8-tensorrt-trt10-cache", "fp16"):
+        bench = json.loads((tmp_path / "results" / "mimic" / "bench" / f"{variant}.json").read_text())
+        assert bench["engine"]["backend"] == "tensorrt" and bench["engine"]["target"] == "jetson-orin-nx"
+        assert [e["batch_size"] for e in bench["latency"]] == [4]
+        assert all(e["timing_source"] == "harness" and e["power"]["energy_per_image_mj"] > 0 for e in bench["latency"])
+        assert bench["accuracy"]["images"] == 16  # fed in batches of at most 4, the engine's profile
+        assert bench["environment"]["jetson"]["power_mode"] == "MAXN"
+    assert (tmp_path / "results.tar.gz").is_file()

@@ -13,7 +13,8 @@
 # Environment (defaults in brackets): MIMICNORM [mimicnorm-deploy], TRTEXEC [trtexec, else
 # /usr/src/tensorrt/bin/trtexec], TEGRASTATS [tegrastats; "" skips power], NVPMODEL [nvpmodel],
 # JETSON_CLOCKS [sudo -n jetson_clocks], MIMICNORM_DEVICE_ROOT [/], TRT_VERSION [the installed
-# tensorrt module's], POWER_SECONDS [10]. Tests point these at fakes.
+# tensorrt module's], BENCH_SECONDS [2: timed seconds per batch size, TensorRT backend], POWER_SECONDS [10].
+# Tests point these at fakes.
 set -euo pipefail
 
 fail() { echo "error: $*" >&2; exit 2; }
@@ -28,6 +29,7 @@ NVPMODEL="${NVPMODEL:-nvpmodel}"
 JETSON_CLOCKS="${JETSON_CLOCKS:-sudo -n jetson_clocks}"
 DEVICE_ROOT="${MIMICNORM_DEVICE_ROOT:-/}"
 POWER_SECONDS="${POWER_SECONDS:-10}"
+BENCH_SECONDS="${BENCH_SECONDS:-2}"
 export TRTEXEC TEGRASTATS NVPMODEL JETSON_CLOCKS
 
 bundle="" use_trtexec=0 out="" batch_sizes="1,64"
@@ -124,7 +126,7 @@ bench_with_backend() {  # name kind model cache plan
   local eval_args=()
   [ -f "$test_set" ] && eval_args=(--eval "$test_set")
   $MIMICNORM bench "$engine" --out "$results/$norm/bench/$variant.json" --batch-sizes "$batch_sizes" \
-    "${eval_args[@]}" >&2
+    --duration "$BENCH_SECONDS" "${eval_args[@]}" >&2
   [ -n "$TEGRASTATS" ] || return 0
   local batch dir="$results/$norm/power/$variant"
   mkdir -p "$dir"

@@ -7,13 +7,14 @@
 #   bash scripts/jetson/setup.sh --check   # checks only
 #
 # Environment: NV_TEGRA_RELEASE (default /etc/nv_tegra_release), PYTHON (default python3),
-# VENV (default <repo>/.venv-jetson).
+# VENV (default <repo>/.venv-jetson), PACKAGE (what pip installs; default this checkout).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 NV_TEGRA_RELEASE="${NV_TEGRA_RELEASE:-/etc/nv_tegra_release}"
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-$ROOT/.venv-jetson}"
+PACKAGE="${PACKAGE:-$ROOT}"
 MIN_L4T_MAJOR=36      # JetPack 6 (TensorRT 10.3) and later; JetPack 5 ships TensorRT 8, which this toolkit does not target
 MIN_TENSORRT_MAJOR=10
 MIN_PYTHON="3.10"
@@ -58,11 +59,18 @@ main() {
 
   echo "L4T $l4t, TensorRT $tensorrt_version, Python $python_version"
   [ "$check_only" = 1 ] && return 0
+  [ "$PACKAGE" != "$ROOT" ] || [ -f "$ROOT/pyproject.toml" ] \
+    || fail "$ROOT is not a checkout of mimicnorm-deploy (a bundle's copy of this script?); run it from a checkout"
 
   # --system-site-packages: the venv must see JetPack's tensorrt module, which pip cannot install here.
   "$PYTHON" -m venv --system-site-packages "$VENV"
   "$VENV/bin/python" -m pip install --upgrade pip
-  "$VENV/bin/python" -m pip install -e "$ROOT"   # the base install: numpy, onnx, onnxruntime, matplotlib
+  # the base install: numpy, onnx, onnxruntime, matplotlib
+  if [ "$PACKAGE" = "$ROOT" ]; then
+    "$VENV/bin/python" -m pip install -e "$ROOT"
+  else
+    "$VENV/bin/python" -m pip install "$PACKAGE"
+  fi
   "$VENV/bin/python" -c 'import tensorrt' || fail "$VENV does not see TensorRT; recreate it with --system-site-packages"
   echo "ready: source $VENV/bin/activate; then bash scripts/jetson/run.sh BUNDLE"
 }
