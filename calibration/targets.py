@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engines.cpu import CpuFeatures, cpu_features, needs_reduce_range
+from engines.errors import UserError
 from engines.targets import get_target
 
 
@@ -39,6 +40,8 @@ def encoding_for(target: str, features: CpuFeatures | None = None) -> TargetEnco
     FP32 for the layers a plan keeps out of INT8.
     """
     spec = get_target(target)
+    if spec.int8_encoding is None:
+        raise UserError(f"target {target!r} runs no INT8 ({spec.description}); calibrate for cpu or a TensorRT target")
     if spec.int8_encoding == "tensorrt":
         return TargetEncoding(target, "int8-symmetric", False, "tensorrt", spec.high_precision)
     features = features or cpu_features()

@@ -12,8 +12,11 @@ from pathlib import Path
 
 # x86: AVX2/AVX-512 widths, VNNI (vpdpbusd: u8*s8 summed straight into int32) and AMX tiles.
 # ARM: asimddp/dotprod (sdot/udot) and i8mm (smmla). Linux names ARM's dot product "asimddp";
-# "dotprod" is the name other systems and compilers use.
-RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "dotprod", "i8mm")
+# "dotprod" is the name other systems and compilers use. BF16 arithmetic (what makes a BF16 torch
+# engine faster than FP32 rather than emulated): AVX512-BF16 and AMX-BF16 on x86, BF16 on ARM.
+RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "dotprod", "i8mm",
+                  "avx512_bf16", "amx_bf16", "bf16")  # fmt: skip
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 X86_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 ARM_INT8_DOT_FLAGS = frozenset({"asimddp", "dotprod"})
 X86_ARCHES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
@@ -39,6 +42,11 @@ class CpuFeatures:
         if self.arch in ARM64_ARCHES:
             return bool(ARM_INT8_DOT_FLAGS.intersection(self.flags))
         return False
+
+    @property
+    def bf16_arithmetic(self) -> bool:
+        """True when the CPU has BF16 dot-product instructions (else BF16 is converted to FP32 to compute)."""
+        return bool(BF16_FLAGS.intersection(self.flags))
 
     def to_dict(self) -> dict:
         return {

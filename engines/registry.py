@@ -31,6 +31,7 @@ BACKENDS: dict[str, BackendSpec] = {
     for spec in [
         BackendSpec("onnxruntime", "engines.onnxruntime", "ONNX Runtime on the CPU: FP32, FP16 and Q/DQ INT8 models"),
         BackendSpec("tensorrt", "engines.tensorrt", "TensorRT 10/11 on NVIDIA GPUs and Jetsons (incl. DLA)"),
+        BackendSpec("torch", "engines.torch", "PyTorch itself on the frozen model: eager, compiled or CUDA graphs"),
     ]
 }
 

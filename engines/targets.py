@@ -26,7 +26,7 @@ class Target:
     name: str
     backend: str  # the runtime that builds and runs this target's engines
     device: str  # "cpu", "gpu" or "dla"
-    int8_encoding: str  # one of INT8_ENCODINGS
+    int8_encoding: str | None  # one of INT8_ENCODINGS; None: the target runs no INT8 (the torch reference)
     high_precision: str  # the type a precision plan gives the layers it keeps out of INT8
     description: str
     # TensorRT versions the platform ships, oldest first; the first is the default a TensorRT 10
@@ -75,6 +75,12 @@ TARGETS: dict[str, Target] = {
                description="a desktop or datacenter NVIDIA GPU with TensorRT 10 or 11",
                tensorrt_versions=("10.13.0", "11.4.0")),  # fmt: skip
         *_jetson_targets(),
+        # PyTorch itself: the baseline a deployed engine is measured against, not a deployment target.
+        Target("torch-cpu", backend="torch", device="cpu", int8_encoding=None, high_precision="fp32",
+               description="PyTorch on this CPU (eager or torch.compile; FP32 or BF16; no INT8)"),  # fmt: skip
+        Target("torch-cuda", backend="torch", device="gpu", int8_encoding=None, high_precision="fp16",
+               description="PyTorch on an NVIDIA GPU (eager, torch.compile or CUDA graphs; FP32, FP16 or BF16; "
+                           "no INT8)"),  # fmt: skip
     ]
 }
 DEFAULT_TARGET = "cpu"

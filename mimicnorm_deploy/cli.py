@@ -274,9 +274,10 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=DEFAULT_BACKEND,
                    help=f"the runtime that builds and runs the engine (default {DEFAULT_BACKEND}): "
                    f"{', '.join(BACKENDS)}")  # fmt: skip
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "as-typed"],
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "as-typed"],
                    help="checked against the model (onnxruntime); tensorrt: as-typed (default: the file's types, "
-                   "strongly typed), or fp16/fp32/int8 as TensorRT 10 builder flags")  # fmt: skip
+                   "strongly typed), or fp16/fp32/int8 as TensorRT 10 builder flags; torch: fp32 (default), fp16 "
+                   "or bf16 weights and arithmetic")  # fmt: skip
     p.add_argument("--simulate", action="store_true", help="onnxruntime: run Q/DQ as float ops (INT8 simulated)")
     trt = p.add_argument_group("tensorrt options (docs/TENSORRT.md)")
     trt.add_argument("--target", help="engines/targets.py: desktop-gpu (default), jetson-orin-agx|nx|nano[-dla0|1]")
@@ -290,12 +291,18 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     trt.add_argument("--version-compatible", action="store_true", help="runs on later TensorRT of the same major")
     trt.add_argument("--hardware-compatibility", choices=["none", "ampere-plus", "same-compute-capability"])
     trt.add_argument("--cuda-graph", action="store_true", help="the runner replays inference as a CUDA graph")
+    torch_options = p.add_argument_group("torch options (the model is freeze's frozen .safetensors)")
+    torch_options.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    torch_options.add_argument("--mode", choices=["eager", "compile", "cuda-graph"],
+                       help="eager (default); torch.compile (compiled at the first inference of each batch size); "
+                       "cuda-graph (one graph per input shape, replayed)")  # fmt: skip
+    torch_options.add_argument("--channels-last", action="store_true", help="NHWC activations")
 
 
 # Backend options the command line can set (argparse dest -> Options field); unset ones keep the default.
 _BACKEND_OPTION_FLAGS = ("precision", "target", "calibration_cache", "plan", "min_batch", "opt_batch", "max_batch",
                          "timing_cache_dir", "workspace_mib", "builder_optimization_level", "version_compatible",
-                         "hardware_compatibility", "cuda_graph")  # fmt: skip
+                         "hardware_compatibility", "cuda_graph", "device", "mode", "channels_last")  # fmt: skip
 
 
 def _build_options(args: argparse.Namespace) -> dict:

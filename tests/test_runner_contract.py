@@ -2,8 +2,9 @@
 definition of a backend; a backend that runs on this machine (or has a fake of its runtime that
 does) is one more entry in CASES.
 
-The model is tests/tiny_onnx.py's residual CNN: input "images" (batch, 1, 8, 8) float32, output
-"logits" (batch, 3) float32.
+The model is tests/tiny_onnx.py's residual CNN (for the torch backend, which builds from frozen
+checkpoints: a frozen ResNet-20 of the same interface): input "images" (batch, 1, 8, 8) float32,
+output "logits" (batch, 3) float32.
 """
 
 from __future__ import annotations
@@ -30,6 +31,35 @@ from engines.targets import TARGETS
 TIMING_KEYS = {"gpu_compute_ms", "h2d_ms", "d2h_ms", "enqueue_ms"}
 
 
+def reference_logits(model: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})[0]
+
+
+def tiny_frozen_model(path: Path) -> Path:
+    """A frozen MimicNorm ResNet-20 (random weights) with the tiny ONNX model's interface."""
+    from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint
+    from mimicnorm_deploy.training.freeze import freeze_checkpoint
+
+    meta = CheckpointMeta("resnet20", "mimic", 3, 1, 8, [0.5], [0.25], ["a", "b", "c"], "test")
+    checkpoint = save_checkpoint(path.with_suffix(".trained.safetensors"), meta.build_model(), meta)
+    freeze_checkpoint(checkpoint, path.with_suffix(".safetensors"))
+    return path.with_suffix(".safetensors")
+
+
+def frozen_reference_logits(model: Path, images: np.ndarray) -> np.ndarray:
+    import torch
+
+    from mimicnorm_deploy.training.checkpoint import load_checkpoint
+
+    with torch.no_grad():
+        return load_checkpoint(model)[0](torch.from_numpy(images)).numpy()
+
+
+def needs_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+
+
 @dataclass(frozen=True)
 class BackendCase:
     backend: str
@@ -39,6 +69,9 @@ class BackendCase:
     computes: bool = True
     rtol: float = 1e-5
     atol: float = 1e-6
+    # What the backend builds from (written to the given path's neighbourhood) and its expected logits.
+    make_model: Callable[[Path], Path] = tiny_onnx.make_tiny_resnet
+    reference: Callable[[Path, np.ndarray], np.ndarray] = reference_logits
 
 
 def _install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,6 +83,8 @@ def _install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
 CASES = [
     pytest.param(BackendCase("onnxruntime"), id="onnxruntime"),
     pytest.param(BackendCase("tensorrt", install=_install_fake_tensorrt), id="tensorrt-fake"),
+    pytest.param(BackendCase("torch", needs_torch, make_model=tiny_frozen_model, reference=frozen_reference_logits),
+                 id="torch"),  # fmt: skip
 ]
 
 
@@ -66,14 +101,9 @@ def built(request, tmp_path, monkeypatch) -> Built:
     case: BackendCase = request.param
     if case.install is not None:
         case.install(monkeypatch)
-    model = tiny_onnx.make_tiny_resnet(tmp_path / "model.onnx")
+    model = case.make_model(tmp_path / "model.onnx")
     manifest = build_engine(model, tmp_path / "engine", backend=case.backend)
     return Built(case, model, tmp_path / "engine", manifest)
-
-
-def reference_logits(model: Path, images: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": images})[0]
 
 
 def test_backend_is_registered_with_default_options(built):
@@ -145,7 +175,7 @@ def test_batched_run_matches_the_onnx_model(built):
     assert logits.shape == (11, 3) and logits.dtype == np.float32
     assert set(single) == {"logits"} and single["logits"].shape == (1, 3)
     if built.case.computes:
-        expected = reference_logits(built.model, images)
+        expected = built.case.reference(built.model, images)
         np.testing.assert_allclose(logits, expected, rtol=built.case.rtol, atol=built.case.atol)
         np.testing.assert_allclose(single["logits"], expected[:1], rtol=built.case.rtol, atol=built.case.atol)
 

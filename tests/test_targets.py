@@ -11,7 +11,9 @@ from engines.targets import DEFAULT_TARGET, INT8_ENCODINGS, TARGETS, get_target,
 def test_every_target_is_consistent():
     assert DEFAULT_TARGET in TARGETS
     for name, target in TARGETS.items():
-        assert target.name == name and target.int8_encoding in INT8_ENCODINGS
+        assert target.name == name
+        # Only the torch reference runs no INT8.
+        assert target.int8_encoding in INT8_ENCODINGS or (target.int8_encoding is None and target.backend == "torch")
         assert (target.device == "dla") == (target.dla_core is not None) == name.endswith(("-dla0", "-dla1"))
         if target.backend == "tensorrt":
             assert target.default_tensorrt_version is not None
@@ -50,3 +52,8 @@ def test_encodings_follow_the_target():
         trt = encoding_for(name, no_vnni)
         assert (trt.activations, trt.reduce_range, trt.placement, trt.high_precision) == (
             "int8-symmetric", False, "tensorrt", "fp16")
+
+
+def test_a_target_without_int8_is_not_calibrated_for():
+    with pytest.raises(UserError, match="target 'torch-cpu' runs no INT8 .*calibrate for cpu or a TensorRT target"):
+        encoding_for("torch-cpu")

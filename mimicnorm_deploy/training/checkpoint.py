@@ -24,6 +24,9 @@ from mimicnorm_deploy.training.models import create_model
 CHECKPOINT_SCHEMA = "mimicnorm-deploy/checkpoint"
 CHECKPOINT_VERSION = 1
 _METADATA_KEY = "mimicnorm_deploy"
+# The model's input and output names in every engine built from it (ONNX export, torch backend),
+# so one set of feeds runs on any of them.
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 @dataclass

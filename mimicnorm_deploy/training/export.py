@@ -16,13 +16,12 @@ from engines.artifacts import atomic_path
 from engines.errors import UserError
 from engines.onnx_model import load_onnx
 from engines.onnxruntime.session import run_model
-from mimicnorm_deploy.training.checkpoint import load_checkpoint
+from mimicnorm_deploy.training.checkpoint import INPUT_NAME, OUTPUT_NAME, load_checkpoint
 from mimicnorm_deploy.training.freeze import ATOL, RTOL, default_check_images
 
 # Opset 18 is what torch's exporter writes natively (asking for 17 triggers a version conversion
 # that fails on ReduceMean); TensorRT 10.x and ONNX Runtime both read it.
 OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 @dataclass
