@@ -12,3 +12,4 @@ REPORT = ("mimicnorm-deploy/report", 1)
 MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)
 TENSORRT_DLA_LAYERS = ("mimicnorm-deploy/tensorrt-dla-layers", 1)  # engine_dir/dla_layers.json: where each layer runs
 BUNDLE = ("mimicnorm-deploy/bundle", 1)  # bundle.json: a bundle's or a device results archive's files and engines
+GPU_CHECK = ("mimicnorm-deploy/gpu-check", 1)  # scripts/gpu_check.sh: every CUDA path with its figures

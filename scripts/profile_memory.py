@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mimicnorm_deploy.paper import memory_change_percent
 from mimicnorm_deploy.training.memory import compare_memory
 
-# Published CIFAR-100 memory change BN -> MimicNorm (docs/BACKGROUND.md section 1; nvidia-smi, batch 256).
-PAPER = {"vgg11": -4.0, "vgg16": -6.8, "resnet18": -6.5, "resnet50": -11.7, "squeezenet1_1": -27.0,
-         "shufflenetv2_100": -19.8}  # fmt: skip
 FAMILIES = ["resnet18", "resnet34", "resnet50", "resnet101", "vgg11", "vgg16", "mobilenetv2_100",
             "shufflenetv2_050", "shufflenetv2_100", "squeezenet1_1"]  # fmt: skip
 
@@ -50,7 +48,7 @@ def main() -> int:
         if cuda:
             line += (f" | {r['ratios'].get('cuda_peak_allocated_bytes', float('nan')):.3f}"
                      f" | {r['ratios'].get('step_ms_p50', float('nan')):.3f}")  # fmt: skip
-        paper = PAPER.get(name)
+        paper = memory_change_percent(name)
         print(line + f" | {'' if paper is None else f'{paper:+.1f}%'} |")
     return 0
 

@@ -72,14 +72,17 @@ def profile_memory(
 
     optimizer = torch.optim.SGD(param_groups(model, norm, 0.1, 5e-4), lr=0.1, momentum=0.9)
     attach_weight_centring(model, optimizer)
+    # The trainer's step: fp16 scales the loss and unscales the gradients (a no-op otherwise).
+    scaler = torch.amp.GradScaler(target.type, enabled=amp == "fp16")
     model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(target, amp):
             loss = nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     step()  # creates the gradients and momentum buffers that every later step keeps
     params = list(model.parameters())
