@@ -176,11 +176,14 @@ def read_log(path: str | os.PathLike) -> TrtexecLog:
         raise UserError(f"{p}: no such file; pass trtexec's output, saved with '> trtexec.log 2>&1'")
     log = TrtexecLog()
     recognised = 0
-    for raw in p.read_text(encoding="utf-8", errors="replace").splitlines():
+    for number, raw in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         prefix = _LOG_PREFIX.match(raw)
         line = raw[prefix.end():] if prefix else raw.strip()
         recognised += bool(prefix)
-        _read_log_line(log, line.strip())
+        try:
+            _read_log_line(log, line.strip())
+        except (ValueError, IndexError):
+            raise UserError(f"{p}:{number}: unreadable value in {line[:60]!r}; pass trtexec's own output") from None
     if not recognised or log.status is None:
         raise UserError(f"{p}: not a trtexec log (no '[date] [I]' lines or '&&&&' status); pass trtexec's stdout")
     if log.status == "FAILED":
@@ -265,9 +268,9 @@ def bench_record(runs: list[TrtexecRun], *, profile: str | None = None, layers: 
         ).to_dict())  # fmt: skip
         if log is not None:
             logs.append(log)
-    versions = {log.tensorrt_version for log in logs} | {log.device.get("name") for log in logs}
-    if len(versions) > 2:
-        raise UserError(f"the logs come from different TensorRT versions or GPUs ({sorted(map(str, versions))}); "
+    setups = {(log.tensorrt_version, log.device.get("name")) for log in logs}
+    if len(setups) > 1:
+        raise UserError(f"the logs come from different TensorRT versions or GPUs ({sorted(map(str, setups))}); "
                         "import each engine's runs separately")  # fmt: skip
     layer_rows, precision = _layers(profile, layers)
     first = logs[0] if logs else TrtexecLog()

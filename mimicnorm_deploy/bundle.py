@@ -184,12 +184,19 @@ def extract_bundle(bundle: str | os.PathLike, dest: str | os.PathLike) -> dict[s
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unbundle", dir=target.parent))
     try:
         manifest = _extract_checked(source, staging)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp made it private; the destination is an ordinary directory
         if target.exists():
             target.rmdir()
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _extract_checked(source: Path, staging: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -82,6 +83,9 @@ def test_round_trip_restores_every_file(run_dir, tmp_path):
     assert (dest / "scripts" / "run.sh").stat().st_mode & 0o100  # the script stays executable
     assert json.loads((dest / BUNDLE_MANIFEST_NAME).read_text())["files"] == manifest["files"]
     assert manifest["target"]["dla_core"] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary directory, not mkdtemp's private one
 
 
 def test_missing_run_artifacts_and_test_set_are_one_line_errors(tmp_path, run_dir):

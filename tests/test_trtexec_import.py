@@ -220,6 +220,14 @@ def test_mismatched_files_are_refused(trtexec_run, tmp_path):
         bench_record([TrtexecRun(str(b1.times), str(failed))])
     with pytest.raises(UserError, match="not a trtexec log"):
         read_log(_write(tmp_path, "x.log", "hello\n"))
+    edited = tmp_path / "edited.log"
+    edited.write_text(b1.log.read_text().replace("] [I] SMs: 8", "] [I] SMs: eight"))
+    with pytest.raises(UserError, match=r"edited.log:\d+: unreadable value in 'SMs: eight'"):
+        read_log(edited)
+    other_gpu = tmp_path / "other_gpu.log"
+    other_gpu.write_text(b8.log.read_text().replace("Selected Device: Orin", "Selected Device: NVIDIA H100"))
+    with pytest.raises(UserError, match="different TensorRT versions or GPUs"):
+        bench_record([TrtexecRun(str(b1.times), str(b1.log)), TrtexecRun(str(b8.times), str(other_gpu))])
 
 
 def test_cli_import_trtexec_writes_the_bench_json(trtexec_run, tmp_path, capsys):
