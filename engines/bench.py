@@ -8,6 +8,7 @@ on what the benchmarking process had loaded before.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,6 +290,146 @@ def peak_rss_fresh_process(engine_dir: str | os.PathLike, batch_size: int, itera
     return {"peak_rss_bytes": report["peak_rss_bytes"], "baseline_rss_bytes": report["baseline_rss_bytes"]}
 
 
+# The batch sweep: the latency-throughput curve from single-image queries to large offline batches.
+SWEEP_BATCH_SIZES = (1, 8, 32, 64, 128, 256)
+ROUND_WARMUP_ITERATIONS = 3  # runs before each timed segment: the previous engine evicted this one's caches
+
+
+@dataclass
+class BenchPlan:
+    """How to time a set of engines: `rounds` interleaved rounds (every engine and batch once per
+    round, the engine order rotating), each timing `duration_s / rounds` seconds per engine and
+    batch, so slow drift of the machine (thermal, other load) hits all engines alike."""
+
+    batch_sizes: tuple[int, ...] = (1, 64)
+    rounds: int = 1
+    duration_s: float = 2.0  # timed seconds per engine and batch size, over all rounds
+    min_iterations: int = 20  # per engine and batch size, over all rounds
+    warmup_s: float = 0.5  # once per engine and batch size, before the first round
+    sweep: bool = False  # batch sizes an engine refuses (beyond its maximum) are skipped, not an error
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise UserError(f"--rounds {self.rounds}: need at least 1 round")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UserError(f"batch sizes {list(self.batch_sizes)}: need one or more sizes >= 1")
+
+
+def mlperf_views(latency: list[LatencyResult]) -> dict:
+    """MLPerf's two views of a batch sweep: SingleStream (one image per query, the 90th-percentile
+    latency) and Offline (the best images per second over the swept batch sizes; MLPerf issues all
+    queries at once, here each batch waits for the previous one, so this is a lower bound)."""
+    single = next((r for r in latency if r.batch_size == 1), None)
+    best = max(latency, key=lambda r: r.throughput_ips, default=None)
+    return {
+        "single_stream_p90_ms": single.p90_ms if single is not None else None,
+        "offline_throughput_ips": best.throughput_ips if best is not None else None,
+        "offline_batch_size": best.batch_size if best is not None else None,
+    }
+
+
+def bench_engines(
+    engine_dirs: list[str | os.PathLike],
+    plan: BenchPlan,
+    *,
+    memory: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Latency of several engines measured in interleaved rounds, then each engine's memory.
+
+    Returns one record per engine (bench JSON payload): {"engine": manifest, "environment":
+    fingerprint, "session": what was interleaved, "latency": [LatencyResult.to_dict()],
+    "mlperf": mlperf_views, "memory": {...}, "skipped_batch_sizes": {batch: reason}}.
+    """
+    manifests = [EngineManifest.read(engine_dir) for engine_dir in engine_dirs]
+    environment = environment_fingerprint()
+    names = [os.fspath(engine_dir) for engine_dir in engine_dirs]
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(load_runner(engine_dir)) for engine_dir in engine_dirs]
+        timed, skipped = _interleaved_rounds(runners, names, plan, progress)
+        runner_memory = [runner.memory() for runner in runners]
+        inputs = [[dataclasses.asdict(meta) for meta in runner.inputs] for runner in runners]
+    environment = finish_fingerprint(environment)
+    session = {"id": uuid.uuid4().hex, "engines": names, "rounds": plan.rounds, "order": "rotating",
+               "duration_s": plan.duration_s}  # fmt: skip
+    records = []
+    for index, (name, manifest) in enumerate(zip(names, manifests, strict=True)):
+        latency = [_result(batch, timed[index][batch]) for batch in plan.batch_sizes if batch in timed[index]]
+        record = {
+            "engine": dataclasses.asdict(manifest),
+            "inputs": inputs[index],  # the shapes tell a comparison whether two engines run the same model
+            "environment": environment,
+            "session": session,
+            "latency": [result.to_dict() for result in latency],
+            "mlperf": mlperf_views(latency),
+            "skipped_batch_sizes": skipped[index],
+        }
+        if memory and latency:
+            rss_batch = max(result.batch_size for result in latency)
+            if progress is not None:
+                progress(f"{name}: memory in a fresh process, batch {rss_batch}")
+            record["memory"] = {**peak_rss_fresh_process(name, rss_batch), "rss_batch_size": rss_batch,
+                                **runner_memory[index]}  # fmt: skip
+        records.append(record)
+    return records
+
+
+@dataclass
+class _Segments:
+    """One engine's timed segments at one batch size, accumulated over rounds."""
+
+    feeds: dict[str, np.ndarray]
+    warmup_iterations: int
+    samples: TimedSamples = dataclasses.field(default_factory=TimedSamples)
+    rounds: list[int] = dataclasses.field(default_factory=list)
+
+
+def _interleaved_rounds(
+    runners: list[Runner], names: list[str], plan: BenchPlan, progress: Callable[[str], None] | None
+) -> tuple[list[dict[int, _Segments]], list[dict[str, str]]]:
+    segments: list[dict[int, _Segments]] = [{} for _ in runners]
+    skipped: list[dict[str, str]] = [{} for _ in runners]
+    for index, runner in enumerate(runners):
+        for batch in plan.batch_sizes:
+            if progress is not None:
+                progress(f"{names[index]}: batch {batch}: warm-up")
+            try:
+                feeds = benchmark_feeds(runner, batch)
+                warmup = warm_up(runner, feeds, plan.warmup_s)
+            except UserError as exc:
+                if not plan.sweep:
+                    raise
+                skipped[index][str(batch)] = str(exc)
+                continue
+            segments[index][batch] = _Segments(feeds, warmup)
+    per_round_s = plan.duration_s / plan.rounds
+    per_round_iterations = math.ceil(plan.min_iterations / plan.rounds)
+    total = sum(len(s) for s in segments) * plan.rounds
+    done = 0
+    for round_index in range(plan.rounds):
+        shift = round_index % len(runners)
+        for index in list(range(shift, len(runners))) + list(range(shift)):
+            for batch, segment in segments[index].items():
+                segment.warmup_iterations += warm_up(runner=runners[index], feeds=segment.feeds, warmup_s=0)
+                timed = time_inferences(runners[index], segment.feeds, min_iterations=per_round_iterations,
+                                        min_duration_s=per_round_s)  # fmt: skip
+                segment.samples.extend(timed)
+                segment.rounds.append(len(timed.host_ms))
+                done += 1
+                if progress is not None:
+                    progress(f"round {round_index + 1}/{plan.rounds}: {names[index]} batch {batch} "
+                             f"({done}/{total} segments)")  # fmt: skip
+    return segments, skipped
+
+
+def _result(batch: int, segment: _Segments) -> LatencyResult:
+    rounds = segment.rounds if len(segment.rounds) > 1 else None
+    device = {key: values for key, values in segment.samples.device_ms.items()
+              if len(values) == len(segment.samples.host_ms)}  # fmt: skip
+    return LatencyResult.from_samples(batch, segment.samples.host_ms, warmup_iterations=segment.warmup_iterations,
+                                      rounds=rounds, **device)  # fmt: skip
+
+
 def bench_engine(
     engine_dir: str | os.PathLike,
     batch_sizes: tuple[int, ...] = (1, 64),
@@ -297,35 +439,7 @@ def bench_engine(
     min_duration_s: float = 2.0,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Latency at each batch size, then memory at the largest, for the engine in `engine_dir`.
-
-    Returns {"engine": manifest fields, "environment": environment_fingerprint(), "latency":
-    [LatencyResult.to_dict(), ...], "memory": {"peak_rss_bytes", "baseline_rss_bytes", "rss_batch_size",
-    **runner.memory()}}.
-    """
-    manifest = EngineManifest.read(engine_dir)
-    environment = environment_fingerprint()
-    latency = []
-    with load_runner(engine_dir) as runner:
-        for batch_size in batch_sizes:
-            result = measure_latency(
-                runner,
-                batch_size,
-                warmup_s=warmup_s,
-                min_iterations=min_iterations,
-                min_duration_s=min_duration_s,
-                progress=progress,
-            )
-            latency.append(result.to_dict())
-        runner_memory = runner.memory()
-    rss_batch_size = max(batch_sizes)
-    if progress is not None:
-        progress(f"memory: fresh process, batch {rss_batch_size}")
-    memory = {**peak_rss_fresh_process(engine_dir, rss_batch_size), "rss_batch_size": rss_batch_size, **runner_memory}
-    return {
-        "engine": dataclasses.asdict(manifest),
-        # The load average after includes this benchmark's own process (about 1 on an idle machine).
-        "environment": finish_fingerprint(environment),
-        "latency": latency,
-        "memory": memory,
-    }
+    """One engine, one uninterrupted timed run per batch size: bench_engines of a single engine."""
+    plan = BenchPlan(batch_sizes=batch_sizes, rounds=1, duration_s=min_duration_s, min_iterations=min_iterations,
+                     warmup_s=warmup_s)  # fmt: skip
+    return bench_engines([engine_dir], plan, progress=progress)[0]

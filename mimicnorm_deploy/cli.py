@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines import DEFAULT_BACKEND
+from engines.bench import SWEEP_BATCH_SIZES, BenchPlan
 from engines.errors import UserError
 from engines.registry import BACKENDS
 from engines.targets import DEFAULT_TARGET, TARGETS
+from mimicnorm_deploy.latency_stats import TOLERANCE
+from mimicnorm_deploy.progress import ProgressPrinter
 
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+# A bar redrawn in place on a terminal, plain lines in CI logs (mimicnorm_deploy.progress).
+_progress = ProgressPrinter(sys.stderr)
 
 
 def _needs_torch() -> None:
@@ -325,19 +327,38 @@ def _cmd_build(args: argparse.Namespace) -> None:
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("engine")
-    p.add_argument("--out", required=True, help="bench .json")
+    p.add_argument("engines", nargs="+", metavar="ENGINE", help="engine directories; several are timed in "
+                   "interleaved rounds, so their ratios are measured under the same conditions")  # fmt: skip
+    p.add_argument("--out", required=True, nargs="+", help="bench .json, one per engine")
     p.add_argument("--eval", help="labelled image set (.npz) for accuracy")
     p.add_argument("--reference", help="FP32 engine directory: top-1 agreement and SQNR against it")
-    p.add_argument("--batch-sizes", default="1,64")
-    p.add_argument("--duration", type=float, default=2.0, help="minimum timed seconds per batch size")
+    p.add_argument("--batch-sizes", default="1,64",
+                   help=f"comma-separated, or 'sweep' for {','.join(map(str, SWEEP_BATCH_SIZES))} up to what each "
+                   "engine accepts")  # fmt: skip
+    p.add_argument("--duration", type=float, default=2.0, help="timed seconds per engine and batch size (all rounds)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 1 for one engine, 5 for several)")
     p.add_argument("--no-latency", action="store_true", help="accuracy only")
+
+
+def _bench_plan(args: argparse.Namespace) -> BenchPlan | None:
+    if args.no_latency:
+        return None
+    sweep = args.batch_sizes == "sweep"
+    try:
+        batch_sizes = SWEEP_BATCH_SIZES if sweep else tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise UserError(f"--batch-sizes {args.batch_sizes!r}: give sizes like 1,64 or 'sweep'") from None
+    rounds = args.rounds if args.rounds is not None else (1 if len(args.engines) == 1 else 5)
+    return BenchPlan(batch_sizes=batch_sizes, rounds=rounds, duration_s=args.duration, sweep=sweep)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.evaluate import engine_logits
-    from mimicnorm_deploy.stages import bench_stage
+    from mimicnorm_deploy.stages import accuracy_stage, bench_stage
 
+    plan = _bench_plan(args)
+    if len(args.out) != len(args.engines):
+        raise UserError(f"{len(args.engines)} engines but {len(args.out)} --out paths; pass one bench .json per engine")
     reference = None
     if args.reference is not None:
         if args.eval is None:
@@ -345,18 +366,67 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         from engines.artifacts import load_image_set
 
         reference = engine_logits(args.reference, load_image_set(args.eval)[0])
-    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    record, _ = bench_stage(args.engine, args.out, eval_set=args.eval, reference_logits=reference,
-                            batch_sizes=batch_sizes, min_duration_s=args.duration, latency=not args.no_latency,
-                            progress=_progress)  # fmt: skip
-    for r in record.get("latency", []):
-        print(f"batch {r['batch_size']:4d}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, "
-              f"p99 {r['p99_ms']:.3f} ms, {r['throughput_ips']:.0f} img/s ({r['iterations']} iterations)")  # fmt: skip
-    if record.get("latency") and "gpu_compute_ms" not in record["latency"][0]:
-        print("host latency only: this backend gives no device-side split (GPU compute, H2D, D2H)")
-    if "accuracy" in record and record["accuracy"]["accuracy"] is not None:
-        print(f"accuracy {100 * record['accuracy']['accuracy']:.2f}% on {record['accuracy']['images']} images")
-    print(f"written {args.out}")
+    scores = None
+    if args.eval is not None:
+        scores = [accuracy_stage(engine, args.eval, reference, _progress)[0] for engine in args.engines]
+    records = bench_stage(args.engines, args.out, plan=plan, accuracy=scores, eval_set=args.eval, progress=_progress)
+    for engine, out, record in zip(args.engines, args.out, records, strict=True):
+        print(f"{engine}:")
+        for r in record.get("latency", []):
+            print(f"  batch {r['batch_size']:4d}: p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, "
+                  f"p99 {r['p99_ms']:.3f} ms, {r['throughput_ips']:.0f} img/s ({r['iterations']} iterations)")
+        for batch, reason in record.get("skipped_batch_sizes", {}).items():
+            print(f"  batch {batch:>4s}: skipped ({reason})")
+        if record.get("latency") and "gpu_compute_ms" not in record["latency"][0]:
+            print("  host latency only: this backend gives no device-side split (GPU compute, H2D, D2H)")
+        if "accuracy" in record and record["accuracy"]["accuracy"] is not None:
+            print(f"  accuracy {100 * record['accuracy']['accuracy']:.2f}% on {record['accuracy']['images']} images")
+        print(f"  written {out}")
+    if len(records) > 1 and plan is not None:
+        print(f"compare them: mimicnorm-deploy compare {' '.join(args.out)}")
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="bench JSONs, run directories or report JSONs (e.g. imported trtexec results)")  # fmt: skip
+    p.add_argument("--baseline", help="the input the others are compared against (default: the first)")
+    p.add_argument("--html", help="also write the comparison as one self-contained HTML file")
+    p.add_argument("--json", help="also write the comparison's pairs and intervals as JSON")
+    p.add_argument("--tolerance", type=float, default=100 * TOLERANCE, metavar="PCT",
+                   help="a ratio whose interval stays within 1 +- PCT %% is no detectable difference (default "
+                   f"{100 * TOLERANCE:.0f})")  # fmt: skip
+    p.add_argument("--fail-if-slower", type=float, metavar="PCT",
+                   help="exit 1 if an engine is slower than in the baseline by more than PCT %% and the interval "
+                   "lies above 1 (a CI regression gate)")  # fmt: skip
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from engines.artifacts import atomic_write_text, write_json
+    from engines.schemas import COMPARISON
+    from mimicnorm_deploy.compare import compare_sources, render_html, render_markdown
+
+    if args.fail_if_slower is not None and len(args.inputs) < 2:
+        raise UserError("--fail-if-slower compares inputs against a baseline; pass two or more inputs")
+    if not 0 <= args.tolerance < 100:
+        raise UserError(f"--tolerance {args.tolerance}: give a percentage in [0, 100)")
+    comparison = compare_sources(args.inputs, args.baseline, args.tolerance / 100)
+    print(render_markdown(comparison), end="")
+    if args.html:
+        print(f"html: {atomic_write_text(args.html, render_html(comparison))}")
+    if args.json:
+        print(f"json: {write_json(args.json, *COMPARISON, comparison.to_dict())}")
+    if args.fail_if_slower is None:
+        return 0
+    regressions = comparison.regressions(args.fail_if_slower / 100)
+    for row in regressions:
+        print(f"regression: {row.a.label} batch {row.batch_size} on {row.a.source} is {row.estimate.describe()} "
+              f"than on {row.b.source}", file=sys.stderr)  # fmt: skip
+    if regressions:
+        print(f"error: {len(regressions)} engine(s) slower than the baseline by more than {args.fail_if_slower:g} %",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"no engine slower than the baseline by more than {args.fail_if_slower:g} %")
+    return 0
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
@@ -572,6 +642,8 @@ COMMANDS = [
             "INT8 (or gated INT8/FP16/FP32) Q/DQ ONNX for a target, with a quality report"),
     Command("build", _cmd_build, _build_arguments, "build an engine directory with one backend"),
     Command("bench", _cmd_bench, _bench_arguments, "latency, memory and accuracy of an engine"),
+    Command("compare", _cmd_compare, _compare_arguments,
+            "latency ratios with bootstrap intervals across runs, precisions and machines; a regression gate"),
     Command("report", _cmd_report, _report_arguments, "JSON + Markdown + PNG report of a run directory"),
     Command("bundle", _cmd_bundle, _bundle_arguments,
             "pack what a target needs from a run directory into one checked archive"),
@@ -600,14 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)  # None, or a command's own exit status (compare's regression gate)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

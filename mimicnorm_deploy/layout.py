@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NORMS_COMPARED = ("mimic", "bn")
+NORM_LABELS = {"mimic": "MimicNorm", "bn": "BN-folded"}
 # Engine variants per model: FP32 and INT8 with per-tensor or per-channel weight scales.
 VARIANTS = ("fp32", "int8-per-tensor", "int8-per-channel")
 SIMULATED_SUFFIX = "-simulated"

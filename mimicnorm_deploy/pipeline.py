@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.bench import BenchPlan
 from engines.registry import backend_options
 from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, TENSORRT_VARIANT, VARIANTS, RunLayout
 from mimicnorm_deploy.stages import (
     CalibrateOptions,
     Progress,
+    accuracy_stage,
     bench_stage,
     build_stage,
     calibrate_stage,
@@ -36,7 +38,8 @@ class DemoConfig:
     batch_size: int = 128
     lr: float = 0.1
     calibration_count: int = 512
-    bench_seconds: float = 2.0
+    bench_seconds: float = 2.0  # timed seconds per engine and batch size, over all rounds
+    bench_rounds: int = 5
     seed: int = 0
     # Tests: a few training steps and millisecond benchmarks, every stage still real.
     quick: bool = False
@@ -52,7 +55,11 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
     dataset = load_dataset(config.dataset, config.data_dir)
     data = prepare_data(dataset, layout.data_dir, calibration_count=config.calibration_count, seed=config.seed)
     progress(f"data: {data.calibration_images} calibration images (training split), {data.test_images} test images")
-    bench_seconds = 0.05 if config.quick else config.bench_seconds
+    if config.quick:
+        plan = BenchPlan(batch_sizes=(1, 64), rounds=2, duration_s=0.05, min_iterations=4, warmup_s=0.01)
+    else:
+        plan = BenchPlan(batch_sizes=(1, 64), rounds=config.bench_rounds, duration_s=config.bench_seconds)
+    timed: list[tuple[Path, Path, dict]] = []  # (engine, bench JSON, accuracy) of every engine to time
 
     for norm in NORMS_COMPARED:
         train_config = TrainConfig(
@@ -84,21 +91,25 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
             precision = "fp32" if variant == "fp32" else "int8"
             options = backend_options("onnxruntime", precision=precision)
             build_stage(layout.onnx(norm, variant), layout.engine(norm, variant), options=options)
-            result, logits = bench_stage(
-                layout.engine(norm, variant), layout.bench(norm, variant), eval_set=layout.test_set,
-                reference_logits=reference_logits, min_duration_s=bench_seconds,
-                progress=lambda msg, tag=f"[{norm}] {variant}": progress(f"{tag} {msg}"),
-            )  # fmt: skip
+            score, logits = accuracy_stage(layout.engine(norm, variant), layout.test_set, reference_logits,
+                                           progress=lambda msg, tag=f"[{norm}] {variant}": progress(f"{tag} {msg}"))
+            timed.append((layout.engine(norm, variant), layout.bench(norm, variant), score))
             if variant == "fp32":
                 reference_logits = logits
             else:
                 simulated = variant + SIMULATED_SUFFIX
                 simulate = backend_options("onnxruntime", precision=precision, graph_optimization="disabled")
                 build_stage(layout.onnx(norm, variant), layout.engine(norm, simulated), options=simulate)
-                bench_stage(layout.engine(norm, simulated), layout.bench(norm, simulated), eval_set=layout.test_set,
-                            reference_logits=reference_logits, latency=False)  # fmt: skip
-            accuracy = result["accuracy"]["accuracy"]
-            progress(f"[{norm}] {variant}: test accuracy {100 * accuracy:.2f}%")
+                simulated_score, _ = accuracy_stage(layout.engine(norm, simulated), layout.test_set, reference_logits)
+                bench_stage([layout.engine(norm, simulated)], [layout.bench(norm, simulated)],
+                            accuracy=[simulated_score], eval_set=layout.test_set)  # fmt: skip
+            progress(f"[{norm}] {variant}: test accuracy {100 * score['accuracy']:.2f}%")
+
+    # Every engine of both models in the same interleaved rounds: each ratio the report prints
+    # compares engines measured under the same conditions.
+    engines, outs, scores = zip(*timed, strict=True)
+    progress(f"bench: {len(engines)} engines in {plan.rounds} interleaved rounds, batch sizes {list(plan.batch_sizes)}")
+    bench_stage(engines, outs, plan=plan, accuracy=scores, eval_set=layout.test_set, progress=progress)
 
     paths = write_report(layout.root)
     progress(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; report: {paths['markdown']}")

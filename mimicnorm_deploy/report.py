@@ -1,5 +1,13 @@
-"""The run report: one versioned JSON, a Markdown page and a PNG, MimicNorm vs BN-folded side by
-side, FP32 vs INT8 (per-tensor, per-channel). Reads only JSON artifacts, so it needs no torch."""
+"""The run report: one versioned JSON, a Markdown page and a self-contained HTML page.
+
+It leads with what the toolkit exists to show, in this order: MimicNorm vs BN-folded at each
+precision (accuracy, latency ratio with its bootstrap interval, memory), then each precision
+against FP32, then every engine in detail, then the artifacts made for TensorRT targets (their
+simulated accuracy; latency where a bench JSON from that device sits in the run). Latency comes
+from every bench JSON under the run directory, so results measured on another device and copied
+into the run (RUN/NORM/bench/DEVICE/...) appear as rows of their own. Reads only JSON artifacts,
+so it needs no torch.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +16,14 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from engines.artifacts import atomic_path, atomic_write_text, now_utc, read_json, write_json
+from engines.artifacts import atomic_write_text, now_utc, read_json, write_json
 from engines.errors import UserError
 from engines.schemas import BENCH, CALIBRATION, REPORT, TRAIN_REPORT
-from mimicnorm_deploy.device_results import device_sections, render_device_table
-from mimicnorm_deploy.layout import NORMS_COMPARED, SIMULATED_SUFFIX, VARIANTS, RunLayout
+from mimicnorm_deploy.compare import Measurement, PairRow, describe_environment, load_measurements, within_run_pairs
+from mimicnorm_deploy.device_results import DEVICES_DIR, device_sections, render_device_table
+from mimicnorm_deploy.layout import NORM_LABELS, NORMS_COMPARED, SIMULATED_SUFFIX, TENSORRT_VARIANT, VARIANTS, RunLayout
 
-NORM_LABELS = {"mimic": "MimicNorm", "bn": "BN-folded"}
+NOT_MEASURED = "not measured here"
 
 
 def build_report(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -22,13 +31,38 @@ def build_report(run_dir: str | os.PathLike) -> dict[str, Any]:
     models = {norm: _model_section(layout, norm) for norm in NORMS_COMPARED if layout.train_report(norm).is_file()}
     if not models:
         raise UserError(f"{run_dir}: no trained model found (expected */train_report.json); run 'demo' or 'train'")
+    measurements = _measurements(layout)
+    pairs = within_run_pairs(measurements)
     return {
         "created": now_utc(),
         "rendered_on": platform.platform(),
         "models": models,
-        "comparisons": _comparisons(models),
+        "comparisons": {
+            **_training_comparison(models),
+            "twins": [_pair_entry(row, models) for row in pairs if row.a.norm != row.b.norm],
+            "precisions": [_pair_entry(row, models) for row in pairs if row.a.norm == row.b.norm],
+        },
+        "measured_on": sorted({m.device for m in measurements}),
         "devices": device_sections(run_dir),  # results unbundled from Jetsons (mimicnorm_deploy.device_results)
+        "tensorrt_artifacts": [a for norm in models for a in _tensorrt_artifacts(layout, norm)],
     }
+
+
+def _measurements(layout: RunLayout) -> list[Measurement]:
+    # Every bench JSON with latency under the run's model directories (this machine's) and under
+    # RUN/devices/<target>/ (unbundled from a device); none yet is not an error: a run can be
+    # reported before bench.
+    directories = [layout.model_dir(norm) / "bench" for norm in NORMS_COMPARED]
+    directories += sorted((layout.root / DEVICES_DIR).glob("*/"))  # results unbundled from each device
+    found = []
+    for directory in directories:
+        if directory.is_dir():
+            try:
+                found += load_measurements(directory)
+            except UserError as exc:
+                if "no engine with latency measurements" not in str(exc):
+                    raise
+    return found
 
 
 def _model_section(layout: RunLayout, norm: str) -> dict[str, Any]:
@@ -41,27 +75,23 @@ def _model_section(layout: RunLayout, norm: str) -> dict[str, Any]:
         bench = read_json(bench_path, *BENCH)
         accuracy = bench.get("accuracy", {})
         entry: dict[str, Any] = {
+            "bench_file": str(bench_path),
             "precision": bench["engine"]["precision"],
             "accuracy": accuracy.get("accuracy"),
             "top1_agreement_vs_fp32": accuracy.get("top1_agreement"),
             "logits_sqnr_db_vs_fp32": accuracy.get("logits_sqnr_db"),
             "device": bench["engine"]["device"],  # where this engine was built and measured
+            "environment": bench.get("environment", {}),
             "latency": {str(r["batch_size"]): r for r in bench.get("latency", [])},
+            "mlperf": bench.get("mlperf"),
             "memory": bench.get("memory", {}),
         }
         simulated = layout.bench(norm, variant + SIMULATED_SUFFIX)
         if simulated.is_file():
             entry["simulated_accuracy"] = read_json(simulated, *BENCH)["accuracy"]["accuracy"]
         if variant != "fp32" and layout.calibration_record(norm, variant).is_file():
-            calibration = read_json(layout.calibration_record(norm, variant), *CALIBRATION)
-            entry["calibration"] = {
-                "target": calibration["target"],
-                "per_channel": calibration["quantize"]["config"]["per_channel"],
-                "activations": calibration["quantize"]["config"]["activations"],
-                "reduce_range": calibration["quantize"]["config"]["reduce_range"],
-                "calibration_images": calibration["quantize"]["num_calibration_images"],
-                "worst_weight_spread": calibration["worst_weight_spread"],
-            }
+            entry["calibration"] = _calibration_summary(read_json(layout.calibration_record(norm, variant),
+                                                                  *CALIBRATION))  # fmt: skip
         engines[variant] = entry
     return {
         "arch": train["config"]["arch"],
@@ -77,49 +107,91 @@ def _model_section(layout: RunLayout, norm: str) -> dict[str, Any]:
     }
 
 
+def _calibration_summary(calibration: dict[str, Any]) -> dict[str, Any]:
+    quality = calibration["quality"]
+    return {
+        "target": calibration["target"],
+        "per_channel": calibration["quantize"]["config"]["per_channel"] if calibration.get("quantize") else None,
+        "activations": calibration["encoding"]["activations"],
+        "reduce_range": calibration["encoding"]["reduce_range"],
+        "calibration_images": calibration["calibration_images"],
+        "worst_weight_spread": calibration["worst_weight_spread"],
+        "simulated_accuracy": quality.get("accuracy"),
+        "logits_sqnr_db": quality.get("logits_sqnr_db"),
+        "layers": [{"node": layer["node"], "op_type": layer["op_type"], "precision": layer["precision"],
+                    "output_sqnr_db": layer["output_sqnr_db"]} for layer in quality.get("layers", [])],  # fmt: skip
+        "plan": _plan_summary(calibration.get("plan")),
+    }
+
+
+def _plan_summary(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    return {"high_precision": plan["high_precision"], "layers": plan["layers"], "moved": plan["moved"],
+            "gate": plan["gate"], "result": plan["result"]}  # fmt: skip
+
+
+def _tensorrt_artifacts(layout: RunLayout, norm: str) -> list[dict[str, Any]]:
+    """What the run made for TensorRT targets: accuracy where this machine can simulate it."""
+    record_path = layout.calibration_record(norm, TENSORRT_VARIANT)
+    if not record_path.is_file():
+        return []
+    record = read_json(record_path, *CALIBRATION)
+    summary = _calibration_summary(record)
+    artifacts = [{"norm": norm, "file": str(layout.onnx(norm, TENSORRT_VARIANT)), "target": record["target"],
+                  "what": "INT8 Q/DQ ONNX (TensorRT 11, or 10 with explicit quantization)",
+                  "simulated_accuracy": summary["simulated_accuracy"], "logits_sqnr_db": summary["logits_sqnr_db"],
+                  "calibration": summary}]  # fmt: skip
+    extras = (("trt_cache", "TensorRT 10 calibration cache (implicit INT8)"), ("fp16", "FP16 ONNX"))
+    artifacts += [{"norm": norm, "file": record[key], "target": record["target"], "what": what,
+                   "simulated_accuracy": None, "logits_sqnr_db": None} for key, what in extras if record.get(key)]
+    return artifacts
+
+
+def _training_comparison(models: dict[str, Any]) -> dict[str, Any]:
+    if "mimic" not in models or "bn" not in models:
+        return {}
+    mimic, bn = models["mimic"]["train"], models["bn"]["train"]
+    return {"mimic_vs_bn": {
+        "activation_memory_ratio": _ratio(mimic["activation_memory"]["bytes"], bn["activation_memory"]["bytes"]),
+        "step_time_ratio": {q: _ratio(mimic["step_ms_percentiles"].get(q), bn["step_ms_percentiles"].get(q))
+                            for q in ("p10", "p50", "p90")},
+        "test_accuracy_difference": mimic["final_test_accuracy"] - bn["final_test_accuracy"],
+    }}  # fmt: skip
+
+
+def _pair_entry(row: PairRow, models: dict[str, Any]) -> dict[str, Any]:
+    def accuracy(m: Measurement) -> float | None:
+        return m.accuracy
+
+    def engine_bytes(m: Measurement) -> int | None:
+        # What the engine itself costs: peak RSS of a process running it, less that process's baseline.
+        if "peak_rss_bytes" not in m.memory:
+            return None
+        return m.memory["peak_rss_bytes"] - m.memory.get("baseline_rss_bytes", 0)
+
+    return {
+        "a": {"norm": row.a.norm, "variant": row.a.variant, "device": row.a.device},
+        "b": {"norm": row.b.norm, "variant": row.b.variant, "device": row.b.device},
+        "batch_size": row.batch_size,
+        "latency_ratio": row.estimate.to_dict(),
+        "a_p50_ms": row.a.latency[row.batch_size].p50_ms,
+        "b_p50_ms": row.b.latency[row.batch_size].p50_ms,
+        "accuracy_difference": _difference(accuracy(row.a), accuracy(row.b)),
+        "engine_memory_ratio": _ratio(engine_bytes(row.a), engine_bytes(row.b)),
+        "model_file_ratio": _ratio(row.a.memory.get("model_file_bytes"), row.b.memory.get("model_file_bytes")),
+    }
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
-
-
-def _comparisons(models: dict[str, Any]) -> dict[str, Any]:
-    """Ratios as pairs of quantiles (p50 and p90) rather than one number, so their spread shows."""
-    out: dict[str, Any] = {"int8_vs_fp32": {}}
-    if "mimic" in models and "bn" in models:
-        mimic, bn = models["mimic"]["train"], models["bn"]["train"]
-        out["mimic_vs_bn"] = {
-            "activation_memory_ratio": _ratio(mimic["activation_memory"]["bytes"], bn["activation_memory"]["bytes"]),
-            "step_time_ratio": {q: _ratio(mimic["step_ms_percentiles"].get(q), bn["step_ms_percentiles"].get(q))
-                                for q in ("p10", "p50", "p90")},
-            "test_accuracy_difference": mimic["final_test_accuracy"] - bn["final_test_accuracy"],
-        }  # fmt: skip
-    for norm, model in models.items():
-        engines = model["engines"]
-        fp32 = engines.get("fp32")
-        if fp32 is None:
-            continue
-        per_norm = {}
-        for variant, entry in engines.items():
-            if variant == "fp32":
-                continue
-            latency_ratio = {
-                batch: {q: _ratio(entry["latency"][batch][f"{q}_ms"], fp32["latency"][batch][f"{q}_ms"])
-                        for q in ("p50", "p90")}
-                for batch in entry["latency"] if batch in fp32["latency"]
-            }  # fmt: skip
-            per_norm[variant] = {
-                "latency_ratio": latency_ratio,
-                "accuracy_drop": _difference(fp32["accuracy"], entry["accuracy"]),
-                "simulated_accuracy_drop": _difference(fp32["accuracy"], entry.get("simulated_accuracy")),
-            }
-        out["int8_vs_fp32"][norm] = per_norm
-    return out
 
 
 def _difference(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-# --- rendering ----------------------------------------------------------------------------------
+# --- Markdown -----------------------------------------------------------------------------------
 
 
 def _pct(x: float | None) -> str:
@@ -134,123 +206,153 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _norm(norm: str) -> str:
+    return NORM_LABELS.get(norm, norm)
+
+
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    return f"{ratio['value']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}] {ratio['verdict']}"
+
+
+RATIO_NOTE = (
+    "Latency ratio: median over median, with a 95 % bootstrap interval from the raw samples (engines timed in the "
+    "same interleaved rounds are resampled by round); 'no detectable difference' when the interval includes 1 or "
+    "stays within the tolerance. Engine memory: peak RSS of a fresh process running the engine, less its baseline "
+    "(one measurement, no interval)."
+)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    devices = {
-        f"{d.get('name', '?')}: {d.get('model_name', '?')} ({d.get('arch', '?')}, INT8 dot product: "
-        f"{d.get('int8_dot_product')})"
-        for model in report["models"].values() for e in model["engines"].values() for d in [e["device"]]
-    }  # fmt: skip
+    lines = ["# mimicnorm-deploy report", "", f"Created {report['created']}. Devices with latency: "
+             f"{', '.join(report['measured_on']) or 'none'}.", "", RATIO_NOTE]  # fmt: skip
+    lines += _twins_markdown(report)
+    lines += _precisions_markdown(report)
+    lines += _engines_markdown(report)
+    lines += render_device_table(report, NORM_LABELS)
+    lines += _tensorrt_markdown(report)
+    lines += _training_markdown(report)
+    lines += ["", "## Where the engines were measured", ""]
+    for norm, model in report["models"].items():
+        for variant, e in model["engines"].items():
+            lines.append(f"- {_norm(norm)} {variant}: {describe_environment(e['environment'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _twins_markdown(report: dict[str, Any]) -> list[str]:
+    lines = ["", f"## {NORM_LABELS['mimic']} vs {NORM_LABELS['bn']} at each precision", "",
+             "| device | variant | batch | MimicNorm acc % | BN-folded acc % | p50 ms (M / BN) | latency ratio M / BN "
+             "[95 % interval] | engine memory ratio |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for pair in report["comparisons"]["twins"]:
+        a, b = pair["a"], pair["b"]
+        lines.append(_row([
+            a["device"], a["variant"], str(pair["batch_size"]), _pct(_accuracy(report, a)), _pct(_accuracy(report, b)),
+            f"{pair['a_p50_ms']:.3f} / {pair['b_p50_ms']:.3f}", _ratio_text(pair["latency_ratio"]),
+            _num(pair["engine_memory_ratio"], ".3f"),
+        ]))  # fmt: skip
+    if not report["comparisons"]["twins"]:
+        lines.append("| n/a | both models' engines need latency measurements | | | | | | |")
+    return lines
+
+
+def _accuracy(report: dict[str, Any], side: dict[str, str]) -> float | None:
+    return report["models"].get(side["norm"], {}).get("engines", {}).get(side["variant"], {}).get("accuracy")
+
+
+def _precisions_markdown(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Each precision against FP32", "",
+             "| device | model | variant | batch | acc drop (points) | latency ratio / FP32 [95 % interval] | "
+             "model file ratio |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for pair in report["comparisons"]["precisions"]:
+        a = pair["a"]
+        drop = pair["accuracy_difference"]
+        lines.append(_row([
+            a["device"], _norm(a["norm"]), a["variant"], str(pair["batch_size"]),
+            _num(None if drop is None else -100 * drop + 0.0, "+.2f"), _ratio_text(pair["latency_ratio"]),
+            _num(pair["model_file_ratio"], ".3f"),
+        ]))  # fmt: skip
+    return lines
+
+
+def _engines_markdown(report: dict[str, Any]) -> list[str]:
     lines = [
-        "# mimicnorm-deploy report",
-        "",
-        f"Created {report['created']}. Engines measured on: {'; '.join(sorted(devices)) or 'n/a'}.",
-        "",
-        "## Training",
-        "",
-        "| model | arch | epochs | test acc % | activation memory saved for backward | batch | mean step ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        "", "## Engines in detail (this machine)", "",
+        "Accuracy on the test split; *simulated* runs Q/DQ as float ops (graph optimizations off). Latency in ms, "
+        "SingleStream (each query after the previous returns); host latency only where the backend has no device "
+        "timing.", "",
+        "| model | engine | acc % | simulated acc % | top-1 agree % | SQNR dB | b1 p50 | b1 p90 | b1 p99 | b64 p50 "
+        "| offline img/s (batch) | peak RSS MiB | file KiB | worst weight spread |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for norm, model in report["models"].items():
+        for variant, e in model["engines"].items():
+            b1, b64 = e["latency"].get("1", {}), e["latency"].get("64", {})
+            spread = (e.get("calibration") or {}).get("worst_weight_spread")
+            mlperf = e.get("mlperf") or {}
+            offline = (f"{mlperf['offline_throughput_ips']:.0f} ({mlperf['offline_batch_size']})"
+                       if mlperf.get("offline_throughput_ips") else "n/a")  # fmt: skip
+            lines.append(_row([
+                _norm(norm), variant, _pct(e["accuracy"]), _pct(e.get("simulated_accuracy")),
+                _pct(e["top1_agreement_vs_fp32"]), _num(e["logits_sqnr_db_vs_fp32"], ".1f"),
+                _num(b1.get("p50_ms"), ".3f"), _num(b1.get("p90_ms"), ".3f"), _num(b1.get("p99_ms"), ".3f"),
+                _num(b64.get("p50_ms"), ".2f"), offline,
+                _num(e["memory"].get("peak_rss_bytes", 0) / 2**20, ".0f"),
+                _num(e["memory"].get("model_file_bytes", 0) / 2**10, ".0f"),
+                f"{spread['spread']:.1f}x ({spread['node']})" if spread else "",
+            ]))  # fmt: skip
+    return lines
+
+
+def _tensorrt_markdown(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Artifacts for TensorRT targets", "",
+             f"Built and timed on the target device (`mimicnorm-deploy build` there); latency is {NOT_MEASURED} "
+             "unless a bench JSON from that device is in the run.", "",
+             "| model | file | target | what | simulated acc % | logits SQNR dB | latency |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for artifact in report["tensorrt_artifacts"]:
+        lines.append(_row([
+            _norm(artifact["norm"]), Path(artifact["file"]).name, artifact["target"], artifact["what"],
+            _pct(artifact["simulated_accuracy"]), _num(artifact["logits_sqnr_db"], ".1f"),
+            _latency_on_target(report, artifact),
+        ]))  # fmt: skip
+    return lines
+
+
+def _latency_on_target(report: dict[str, Any], artifact: dict[str, Any]) -> str:
+    return "see the device's rows" if artifact["target"] in report["measured_on"] else NOT_MEASURED
+
+
+def _training_markdown(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Training", "",
+             "| model | arch | epochs | test acc % | activation memory saved for backward | batch | mean step ms |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for norm, model in report["models"].items():
         train = model["train"]
         memory = train["activation_memory"]
         lines.append(_row([
-            NORM_LABELS.get(norm, norm), model["arch"], str(train["epochs"]), _pct(train["final_test_accuracy"]),
+            _norm(norm), model["arch"], str(train["epochs"]), _pct(train["final_test_accuracy"]),
             f"{memory['bytes'] / 2**20:.1f} MiB", str(memory["batch_size"]), _num(train["mean_step_ms"], ".1f"),
         ]))  # fmt: skip
-    lines += [
-        "",
-        "## Engines (ONNX Runtime, CPU)",
-        "",
-        "Accuracy on the test split; *simulated* runs Q/DQ as float ops (graph optimizations off), the other column "
-        "uses ONNX Runtime's INT8 kernels. Latency in ms, SingleStream (next query after the previous returns).",
-        "",
-        "| model | engine | acc % | simulated acc % | top-1 agree % | SQNR dB | b1 p50 | b1 p90 | b1 p99 "
-        "| b64 p50 | b64 img/s | peak RSS MiB | file KiB | worst weight spread |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for norm, model in report["models"].items():
-        for variant, e in model["engines"].items():
-            b1, b64 = e["latency"].get("1", {}), e["latency"].get("64", {})
-            spread = e.get("calibration", {}).get("worst_weight_spread")
-            spread_text = f"{spread['spread']:.1f}x ({spread['name']})" if spread else ""
-            lines.append(_row([
-                NORM_LABELS.get(norm, norm), variant, _pct(e["accuracy"]), _pct(e.get("simulated_accuracy")),
-                _pct(e["top1_agreement_vs_fp32"]), _num(e["logits_sqnr_db_vs_fp32"], ".1f"),
-                _num(b1.get("p50_ms"), ".3f"), _num(b1.get("p90_ms"), ".3f"), _num(b1.get("p99_ms"), ".3f"),
-                _num(b64.get("p50_ms"), ".2f"), _num(b64.get("throughput_ips"), ".0f"),
-                _num(e["memory"].get("peak_rss_bytes", 0) / 2**20, ".0f"),
-                _num(e["memory"].get("model_file_bytes", 0) / 2**10, ".0f"), spread_text,
-            ]))  # fmt: skip
-    lines += render_device_table(report, NORM_LABELS)
-    comparisons = report["comparisons"]
-    lines += ["", "## Ratios", ""]
-    if "mimic_vs_bn" in comparisons:
-        c = comparisons["mimic_vs_bn"]
+    c = report["comparisons"].get("mimic_vs_bn")
+    if c:
         step = c["step_time_ratio"]
         lines += [
+            "",
             f"- MimicNorm / BN activation memory saved for backward: **{_num(c['activation_memory_ratio'], '.3f')}**",
             f"- MimicNorm / BN training step time: p10 {_num(step['p10'], '.3f')}, **p50 {_num(step['p50'], '.3f')}**, "
             f"p90 {_num(step['p90'], '.3f')}",
             f"- MimicNorm - BN test accuracy: {_num(100 * c['test_accuracy_difference'], '+.2f')} points",
         ]
-    for norm, variants in comparisons["int8_vs_fp32"].items():
-        for variant, c in variants.items():
-            ratios = ", ".join(
-                f"batch {batch}: p50 {_num(r['p50'], '.3f')} / p90 {_num(r['p90'], '.3f')}"
-                for batch, r in c["latency_ratio"].items()
-            )
-            drop = c["accuracy_drop"]
-            sim_drop = c["simulated_accuracy_drop"]
-            lines.append(
-                f"- {NORM_LABELS.get(norm, norm)} {variant} / FP32 latency: {ratios}; accuracy drop "
-                f"{_num(None if drop is None else 100 * drop, '+.2f')} points "
-                f"(simulated {_num(None if sim_drop is None else 100 * sim_drop, '+.2f')})"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def render_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    norms = list(report["models"])
-    variants = [v for v in VARIANTS if any(v in report["models"][n]["engines"] for n in norms)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    width = 0.8 / max(1, len(norms))
-    panels = [
-        ("test accuracy %", lambda e: 100 * (e["accuracy"] or 0)),
-        ("batch-1 p50 latency (ms)", lambda e: e["latency"].get("1", {}).get("p50_ms", 0)),
-        ("batch-64 throughput (img/s)", lambda e: e["latency"].get("64", {}).get("throughput_ips", 0)),
-    ]
-    for ax, (title, value) in zip(axes, panels, strict=True):
-        for i, norm in enumerate(norms):
-            engines = report["models"][norm]["engines"]
-            xs = [j + i * width for j, v in enumerate(variants) if v in engines]
-            ys = [value(engines[v]) for v in variants if v in engines]
-            ax.bar(xs, ys, width, label=NORM_LABELS.get(norm, norm))
-        ax.set_xticks([j + width * (len(norms) - 1) / 2 for j in range(len(variants))], variants)
-        ax.set_title(title)
-        if title.startswith("test accuracy"):
-            low = min((value(report["models"][n]["engines"][v]) for n in norms for v in variants
-                       if v in report["models"][n]["engines"]), default=0)  # fmt: skip
-            ax.set_ylim(max(0, low - 5), 100)
-    axes[0].legend()
-    fig.suptitle("MimicNorm vs BN-folded: ONNX Runtime CPU engines")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return lines
 
 
 def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    from mimicnorm_deploy.report_html import render_html
+
     report = build_report(run_dir)
     out = Path(out_dir) if out_dir is not None else RunLayout(Path(run_dir)).report_dir
-    paths = {
+    measurements = _measurements(RunLayout(Path(run_dir)))
+    return {
         "json": write_json(out / "report.json", *REPORT, report),
         "markdown": atomic_write_text(out / "report.md", render_markdown(report)),
-        "plot": render_plot(report, out / "report.png"),
+        "html": atomic_write_text(out / "report.html", render_html(report, measurements)),
     }
-    return paths

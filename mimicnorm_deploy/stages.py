@@ -9,7 +9,7 @@ stages that need them, so `calibrate`, `build`, `bench` and `report` run on a Je
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,14 @@ import numpy as np
 from engines import DEFAULT_BACKEND
 from engines.artifacts import (
     load_image_set,
+    read_json,
     record_artifact,
     save_image_set,
     staged_files,
     verify_artifact,
     write_json,
 )
+from engines.bench import BenchPlan
 from engines.errors import UserError
 from engines.precision_plan import Gate
 from engines.schemas import BENCH, CALIBRATION
@@ -321,40 +323,72 @@ def build_stage(
     return build_engine(_verified(model), engine_dir, backend=backend, options=options)
 
 
-def bench_stage(
-    engine_dir: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    eval_set: str | os.PathLike | None = None,
-    reference_logits: np.ndarray | None = None,
-    batch_sizes: tuple[int, ...] = (1, 64),
-    min_duration_s: float = 2.0,
-    latency: bool = True,
-    progress: Progress | None = None,
-) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Latency + memory (unless `latency` is False) and accuracy of one engine, as a JSON file.
+def engine_labels(engine_dir: str | os.PathLike) -> dict[str, str]:
+    """What an engine of a run holds ({"arch", "norm", "variant"}), read from where it sits
+    (RUN/NORM/engines/VARIANT, RUN/NORM/train_report.json); empty for an engine elsewhere."""
+    from engines.schemas import TRAIN_REPORT
+    from mimicnorm_deploy.layout import RunLayout
 
-    Returns the record and the engine's logits on `eval_set` (None without one), so a caller can
-    use an FP32 engine's logits as the reference for the others."""
-    from engines.bench import bench_engine
-    from engines.manifest import EngineManifest
+    path = Path(engine_dir).resolve()
+    if path.parent.name != "engines":
+        return {}
+    norm_dir = path.parent.parent
+    labels = {"norm": norm_dir.name, "variant": path.name}
+    train_report = RunLayout(norm_dir.parent).train_report(norm_dir.name)
+    if train_report.is_file():
+        labels["arch"] = read_json(train_report, *TRAIN_REPORT)["config"]["arch"]
+    return labels
+
+
+def accuracy_stage(
+    engine_dir: str | os.PathLike,
+    eval_set: str | os.PathLike,
+    reference_logits: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Accuracy of one engine on a labelled image set (agreement and SQNR against `reference_logits`
+    where given). Returns the score and the engine's logits, so an FP32 engine's can be the reference."""
     from mimicnorm_deploy.evaluate import engine_logits, score_logits
 
-    record: dict[str, Any] = {"engine_dir": str(engine_dir)}
-    if latency:
-        record.update(bench_engine(engine_dir, batch_sizes, min_duration_s=min_duration_s, progress=progress))
+    images, labels = load_image_set(_verified(eval_set))
+
+    def report_batch(done: int, total: int) -> None:
+        if progress is not None:
+            progress(f"accuracy: {done}/{total} images")
+
+    logits = engine_logits(engine_dir, images, report_batch)
+    return asdict(score_logits(logits, labels, reference_logits)), logits
+
+
+def bench_stage(
+    engine_dirs: Sequence[str | os.PathLike],
+    out_paths: Sequence[str | os.PathLike],
+    *,
+    plan: BenchPlan | None = None,
+    accuracy: Sequence[dict[str, Any] | None] | None = None,
+    eval_set: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """One bench JSON per engine: latency measured in interleaved rounds across all of them and
+    memory (unless `plan` is None: accuracy only), with each engine's `accuracy` score (from
+    accuracy_stage on `eval_set`) where given."""
+    from engines.bench import bench_engines
+    from engines.manifest import EngineManifest
+
+    if len(engine_dirs) != len(out_paths):
+        raise UserError(f"{len(engine_dirs)} engines but {len(out_paths)} output paths; pass one --out per engine")
+    scores = list(accuracy) if accuracy is not None else [None] * len(engine_dirs)
+    if plan is not None:
+        measured = bench_engines(engine_dirs, plan, progress=progress)
     else:
-        record["engine"] = asdict(EngineManifest.read(engine_dir))
-    logits = None
-    if eval_set is not None:
-        images, labels = load_image_set(_verified(eval_set))
-
-        def report_batch(done: int, total: int) -> None:
-            if progress is not None:
-                progress(f"accuracy: {done}/{total} images")
-
-        logits = engine_logits(engine_dir, images, report_batch)
-        record["accuracy"] = asdict(score_logits(logits, labels, reference_logits))
-    write_json(out_path, *BENCH, record)
-    _record(out_path, "bench", [eval_set] if eval_set else [], {"batch_sizes": list(batch_sizes)})
-    return record, logits
+        measured = [{"engine": asdict(EngineManifest.read(engine_dir))} for engine_dir in engine_dirs]
+    records = []
+    for engine_dir, out_path, record, score in zip(engine_dirs, out_paths, measured, scores, strict=True):
+        record = {"engine_dir": str(engine_dir), "model": engine_labels(engine_dir), **record}
+        if score is not None:
+            record["accuracy"] = score
+        write_json(out_path, *BENCH, record)
+        params = {"batch_sizes": list(plan.batch_sizes), "rounds": plan.rounds} if plan is not None else {}
+        _record(out_path, "bench", [eval_set] if eval_set else [], params)
+        records.append(record)
+    return records

@@ -1,80 +1,50 @@
 #!/usr/bin/env python3
-"""Latency ratios between the engines of a run, measured side by side, with their spread.
+"""Re-time every engine of a run in interleaved rounds and print the run's latency ratios.
 
-    python scripts/bench_engines.py RUN_DIR [--rounds 5] [--seconds 1.0] [--batch-sizes 1,64]
+    python scripts/bench_engines.py RUN_DIR [--rounds 5] [--duration 5] [--batch-sizes 1,64|sweep]
 
-Engines are measured in interleaved rounds (every engine once per round, in a rotating order),
-so slow drift of the machine (thermal, other load) hits all of them alike. Each ratio is given
-as the median over rounds of the per-round ratio of p50 latencies, with its min-max across
-rounds. Prints INT8 / FP32 per model and MimicNorm / BN-folded per engine variant.
+Writes RUN_DIR/rebench/NORM/VARIANT.json (the run's own bench JSONs, with their accuracy, stay
+as they are) and prints `mimicnorm-deploy compare RUN_DIR/rebench`: MimicNorm / BN-folded at each
+variant and each variant / FP32, as ratios of medians with 95 % bootstrap intervals. Run it on
+an otherwise idle machine: other load in the same rounds widens every interval.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import statistics
 import sys
 from pathlib import Path
 
-from engines import load_runner
-from engines.bench import measure_latency
-from mimicnorm_deploy.layout import NORMS_COMPARED, VARIANTS, RunLayout
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def measure_rounds(runners: dict, batch_sizes: list[int], rounds: int, seconds: float) -> dict:
-    """p50 latencies per (norm, variant, batch), one per round, engines in a rotating order."""
-    keys = list(runners)
-    p50: dict[tuple[str, str, int], list[float]] = {(*key, b): [] for key in keys for b in batch_sizes}
-    for round_index in range(rounds):
-        order = keys[round_index % len(keys) :] + keys[: round_index % len(keys)]
-        for key in order:
-            for batch in batch_sizes:
-                result = measure_latency(runners[key], batch, warmup_s=0.2, min_iterations=10, min_duration_s=seconds)
-                p50[(*key, batch)].append(result.p50_ms)
-        print(f"round {round_index + 1}/{rounds} done", file=sys.stderr, flush=True)
-    return p50
+from engines.bench import SWEEP_BATCH_SIZES, BenchPlan  # noqa: E402
+from mimicnorm_deploy.compare import compare_sources, render_markdown  # noqa: E402
+from mimicnorm_deploy.layout import NORMS_COMPARED, VARIANTS, RunLayout  # noqa: E402
+from mimicnorm_deploy.progress import ProgressPrinter  # noqa: E402
+from mimicnorm_deploy.stages import bench_stage  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per engine per round")
-    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--duration", type=float, default=5.0, help="timed seconds per engine and batch size")
+    parser.add_argument("--batch-sizes", default="1,64", help="comma-separated, or 'sweep'")
     args = parser.parse_args()
     layout = RunLayout(Path(args.run_dir))
-    engines = {
-        (norm, variant): layout.engine(norm, variant)
-        for norm in NORMS_COMPARED for variant in VARIANTS if layout.engine(norm, variant).is_dir()
-    }  # fmt: skip
+    engines = [(norm, variant) for norm in NORMS_COMPARED for variant in VARIANTS
+               if layout.engine(norm, variant).is_dir()]  # fmt: skip
     if not engines:
         print(f"error: no engines under {args.run_dir}; run 'mimicnorm-deploy demo' first", file=sys.stderr)
         return 2
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    with contextlib.ExitStack() as stack:
-        p50 = measure_rounds({key: stack.enter_context(load_runner(path)) for key, path in engines.items()},
-                             batch_sizes, args.rounds, args.seconds)  # fmt: skip
-    keys = list(engines)
-
-    def ratio_text(a: tuple[str, str, int], b: tuple[str, str, int]) -> str:
-        ratios = [x / y for x, y in zip(p50[a], p50[b], strict=True)]
-        return f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
-
-    print(f"p50 latency ratios, median over {args.rounds} interleaved rounds (min-max across rounds)")
-    for batch in batch_sizes:
-        print(f"\nbatch {batch}:")
-        for norm in NORMS_COMPARED:
-            for variant in VARIANTS[1:]:
-                if (norm, variant, batch) in p50 and (norm, "fp32", batch) in p50:
-                    print(f"  {norm:5s} {variant} / fp32: {ratio_text((norm, variant, batch), (norm, 'fp32', batch))}")
-        for variant in VARIANTS:
-            if ("mimic", variant, batch) in p50 and ("bn", variant, batch) in p50:
-                print(f"  mimic / bn {variant}: {ratio_text(('mimic', variant, batch), ('bn', variant, batch))}")
-        for key in keys:
-            values = p50[(*key, batch)]
-            print(f"  {key[0]:5s} {key[1]:17s} p50 {statistics.median(values):.3f} ms "
-                  f"(rounds: {', '.join(f'{v:.3f}' for v in values)})")  # fmt: skip
+    sweep = args.batch_sizes == "sweep"
+    plan = BenchPlan(batch_sizes=SWEEP_BATCH_SIZES if sweep else tuple(int(b) for b in args.batch_sizes.split(",")),
+                     rounds=args.rounds, duration_s=args.duration, sweep=sweep)  # fmt: skip
+    out = layout.root / "rebench"
+    bench_stage([layout.engine(n, v) for n, v in engines], [out / n / f"{v}.json" for n, v in engines], plan=plan,
+                progress=ProgressPrinter(sys.stderr))  # fmt: skip
+    print(render_markdown(compare_sources([str(out)])), end="")
     return 0
 
 

@@ -4,18 +4,16 @@
     python scripts/bench_placement.py MODEL.onnx CALIB.npz [--activations uint8] [--batch 64] [--rounds 5]
 
 Writes the model per-channel with MinMax ranges under the tensorrt and the onnxruntime placement,
-then builds an ONNX Runtime engine of FP32 and both INT8 models and times them with the shared
-harness (engines.bench.measure_latency) in interleaved rounds (each round: every engine for
---seconds), and prints the median over rounds of each round's p50 latency, the ratio to FP32, and
-how many Conv nodes ONNX Runtime fused into QLinearConv.
+builds an ONNX Runtime engine of each and of the FP32 model, times them in interleaved rounds with
+the library's harness (engines.bench.bench_engines), and prints each one's median latency over all
+timed inferences, its ratio to FP32 with a 95 % bootstrap interval, and how many Conv nodes ONNX
+Runtime fused into QLinearConv.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -27,29 +25,18 @@ import onnx  # noqa: E402
 
 from calibration.quantize import PLACEMENTS, write_qdq_model  # noqa: E402
 from calibration.ranges import calibrate_ranges  # noqa: E402
-from engines import build_engine, load_runner  # noqa: E402
+from engines import build_engine  # noqa: E402
 from engines.artifacts import load_image_set  # noqa: E402
-from engines.bench import measure_latency  # noqa: E402
+from engines.bench import BenchPlan, LatencyResult, bench_engines  # noqa: E402
 from engines.onnxruntime.session import create_session  # noqa: E402
+from mimicnorm_deploy.latency_stats import ratio_of_medians  # noqa: E402
+from mimicnorm_deploy.progress import ProgressPrinter  # noqa: E402
 
 
 def fused_op_counts(model_path: Path, tmp: Path) -> collections.Counter:
     optimized = tmp / f"{model_path.stem}.optimized.onnx"
     create_session(model_path, optimized_model_path=optimized)
     return collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
-
-
-def interleaved_p50(engines: dict[str, Path], batch: int, rounds: int, seconds: float) -> dict[str, list[float]]:
-    """Each engine's p50 latency (engines.bench.measure_latency) once per round, engines in turn."""
-    latencies: dict[str, list[float]] = collections.defaultdict(list)
-    with contextlib.ExitStack() as stack:
-        runners = {name: stack.enter_context(load_runner(path)) for name, path in engines.items()}
-        for round_index in range(rounds):
-            for name, runner in runners.items():
-                result = measure_latency(runner, batch, warmup_s=0.2, min_iterations=10, min_duration_s=seconds)
-                latencies[name].append(result.p50_ms)
-            print(f"round {round_index + 1}/{rounds}", file=sys.stderr, flush=True)
-    return latencies
 
 
 def main() -> int:
@@ -59,7 +46,7 @@ def main() -> int:
     parser.add_argument("--activations", default="uint8", help="uint8 (ONNX Runtime on x86) or int8-symmetric")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per model per round")
     args = parser.parse_args()
     images, _ = load_image_set(args.calib)
     ranges = calibrate_ranges(args.model, images)
@@ -73,14 +60,19 @@ def main() -> int:
         engines = {name: tmp / "engines" / name for name in paths}
         for name, path in paths.items():
             build_engine(path, engines[name])
-        latencies = interleaved_p50(engines, args.batch, args.rounds, args.seconds)
-        fp32 = statistics.median(latencies["fp32"])
-        print(f"batch {args.batch}, {args.activations} activations, per-channel, {args.rounds} interleaved rounds")
-        for name, values in latencies.items():
-            median = statistics.median(values)
+        plan = BenchPlan(batch_sizes=(args.batch,), rounds=args.rounds, duration_s=args.seconds * args.rounds)
+        records = bench_engines(list(engines.values()), plan, memory=False, progress=ProgressPrinter(sys.stderr))
+        latency = {name: LatencyResult.from_dict(record["latency"][0]) for name, record in zip(engines, records,
+                                                                                              strict=True)}  # fmt: skip
+        fp32 = latency["fp32"]
+        print(f"batch {args.batch}, {args.activations} activations, per-channel, {args.rounds} interleaved rounds; "
+              "median of all timed inferences, ratio to FP32 with a 95 % bootstrap interval")  # fmt: skip
+        for name, result in latency.items():
+            ratio = ratio_of_medians(result.samples_ms, fp32.samples_ms, rounds_a=result.rounds,
+                                     rounds_b=fp32.rounds, paired=True)  # fmt: skip
             counts = fused_op_counts(paths[name], tmp)
-            print(f"{name:12s} {median:8.2f} ms (rounds {min(values):.2f}-{max(values):.2f}), "
-                  f"/ FP32 {median / fp32:.3f}, QLinearConv {counts['QLinearConv']}, "
+            print(f"{name:12s} median {result.p50_ms:8.2f} ms (p90 {result.p90_ms:.2f}, {result.iterations} runs), "
+                  f"/ FP32 {ratio.describe()}, QLinearConv {counts['QLinearConv']}, "
                   f"float Conv {counts['Conv'] + counts['FusedConv']}")
     return 0
 

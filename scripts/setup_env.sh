@@ -16,14 +16,25 @@ fi
 "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
 "$VENV/bin/python" -m pip install --quiet -e "$ROOT[train,dev]"
 
-# Fashion-MNIST from Debian's package, when root (or sudo) can install it and no other copy is given.
-install_fashion_mnist() {
-  [ -d /usr/share/datasets/fashion-mnist ] && return 0
+# A Debian package, when root (or sudo) can install it.
+apt_install() {
   command -v apt-get >/dev/null || return 1
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
     command -v sudo >/dev/null || return 1
     sudo="sudo"
   fi
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Fashion-MNIST from Debian's package, unless another copy is there.
+install_fashion_mnist() {
+  [ -d /usr/share/datasets/fashion-mnist ] && return 0
+  apt_install dataset-fashion-mnist
+}
+
+# Headless Chromium: the HTML report is tested in a real browser.
+install_chromium() {
+  command -v chromium >/dev/null && return 0
+  apt_install chromium
 }

@@ -4,6 +4,8 @@ set -euo pipefail
 source "$(dirname "$0")/setup_env.sh"
 # The real-data tests need Fashion-MNIST; without it they skip (and say so).
 install_fashion_mnist || echo "warning: dataset-fashion-mnist not installed; real-data tests will skip" >&2
+# The HTML report's test opens it in headless Chromium; without it that test skips (and says so).
+install_chromium || echo "warning: chromium not installed; the HTML report's browser test will skip" >&2
 cd "$ROOT"
 "$VENV/bin/ruff" check .
 # engines/tensorrt/ against NVIDIA's published TensorRT API; also leaves the repaired stubs where

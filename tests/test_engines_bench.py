@@ -2,9 +2,18 @@ import numpy as np
 import pytest
 import tiny_onnx
 
+import engines.bench as bench_module
 from engines import build_engine, load_runner
 from engines.base import Runner, TensorMeta
-from engines.bench import LatencyResult, bench_engine, measure_latency, peak_rss_fresh_process
+from engines.bench import (
+    BenchPlan,
+    LatencyResult,
+    bench_engine,
+    bench_engines,
+    measure_latency,
+    mlperf_views,
+    peak_rss_fresh_process,
+)
 from engines.errors import UserError
 from engines.onnxruntime import Options
 
@@ -152,7 +161,7 @@ def test_bench_engine_reports_every_batch_size_and_memory(engine_dir):
     assert report["memory"]["rss_batch_size"] == 4
     assert report["memory"]["model_file_bytes"] == (engine_dir / "model.onnx").stat().st_size
     assert report["memory"]["peak_rss_bytes"] >= report["memory"]["baseline_rss_bytes"] > 0
-    assert "memory: fresh process, batch 4" in messages
+    assert f"{engine_dir}: memory in a fresh process, batch 4" in messages
     environment = report["environment"]
     assert environment["cpu"]["logical_cores"] >= 1
     assert len(environment["load_average_before"]) == len(environment["load_average_after"]) == 3
@@ -169,3 +178,53 @@ def test_rss_probe_does_not_inherit_the_parents_peak(tmp_path):
     report = peak_rss_fresh_process(tmp_path / "engine", batch_size=1, iterations=2)
     assert report["peak_rss_bytes"] < 300 * 2**20
     del ballast
+
+
+def test_interleaved_rounds_pool_every_round_and_share_one_session(tmp_path, engine_dir):
+    other = tmp_path / "other"
+    build_engine(tiny_onnx.make_tiny_resnet(tmp_path / "o.onnx", seed=1), other, precision="fp32", intra_op_threads=1)
+    messages = []
+    plan = BenchPlan(batch_sizes=(1, 2), rounds=3, duration_s=0.03, min_iterations=6, warmup_s=0)
+    records = bench_engines([engine_dir, other], plan, memory=False, progress=messages.append)
+    assert len(records) == 2
+    assert records[0]["session"]["id"] == records[1]["session"]["id"]
+    assert records[0]["session"]["rounds"] == 3
+    for record in records:
+        for entry in record["latency"]:
+            assert len(entry["rounds"]) == 3 and min(entry["rounds"]) >= 2  # ceil(6 / 3) per round
+            assert sum(entry["rounds"]) == entry["iterations"] == len(entry["samples_ms"])
+        assert record["mlperf"]["single_stream_p90_ms"] == record["latency"][0]["p90_ms"]
+        assert "memory" not in record
+    # Round 2 starts with the second engine: the order rotates.
+    round_two = [m for m in messages if m.startswith("round 2/3")]
+    assert round_two[0].startswith(f"round 2/3: {other} batch 1")
+
+
+def test_a_sweep_skips_batch_sizes_the_engine_refuses_and_says_why():
+    plan = BenchPlan(batch_sizes=(1, 2, 8), duration_s=0, min_iterations=1, warmup_s=0, sweep=True)
+    segments, skipped = bench_module._interleaved_rounds([FixedBatchTwoRunner()], ["fixed"], plan, None)
+    assert list(segments[0]) == [2]
+    assert set(skipped[0]) == {"1", "8"} and "fixed batch size of 2" in skipped[0]["1"]
+    with pytest.raises(UserError, match="fixed batch size"):
+        bench_module._interleaved_rounds([FixedBatchTwoRunner()], ["fixed"], BenchPlan(batch_sizes=(1,)), None)
+
+
+class FixedBatchTwoRunner(FakeGpuRunner):
+    """A fake engine built for batch 2 only."""
+
+    inputs = [TensorMeta("images", (2, 1, 4, 4), "float32")]
+
+
+def test_mlperf_views_of_a_sweep():
+    sweep = [LatencyResult.from_samples(b, [t] * 5) for b, t in ((1, 1.0), (8, 4.0), (64, 40.0))]
+    views = mlperf_views(sweep)
+    assert views["single_stream_p90_ms"] == 1.0
+    assert views["offline_batch_size"] == 8 and views["offline_throughput_ips"] == pytest.approx(2000.0)
+    assert mlperf_views(sweep[1:])["single_stream_p90_ms"] is None
+
+
+def test_bench_plan_refuses_nonsense():
+    with pytest.raises(UserError, match="at least 1 round"):
+        BenchPlan(rounds=0)
+    with pytest.raises(UserError, match="sizes >= 1"):
+        BenchPlan(batch_sizes=(0,))

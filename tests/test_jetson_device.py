@@ -119,6 +119,7 @@ def _train_report(path):
 def run_dir(tmp_path_factory):
     """A run as the workstation leaves it: FP32 ONNX, TensorRT calibration (Q/DQ, cache, FP16) for a
     Jetson, and a CPU engine benchmarked here."""
+    from engines.bench import BenchPlan
     from mimicnorm_deploy.stages import CalibrateOptions, bench_stage, build_stage, calibrate_stage
 
     layout = RunLayout(tmp_path_factory.mktemp("run"))
@@ -133,7 +134,8 @@ def run_dir(tmp_path_factory):
                                fp16=str(model_dir / "model.fp16.onnx"))  # fmt: skip
     calibrate_stage(layout.onnx("mimic"), layout.calibration_set, layout.onnx("mimic", "int8-tensorrt"), options)
     build_stage(layout.onnx("mimic"), layout.engine("mimic", "fp32"))
-    bench_stage(layout.engine("mimic", "fp32"), layout.bench("mimic", "fp32"), batch_sizes=(1, 8), min_duration_s=0.1)
+    bench_stage([layout.engine("mimic", "fp32")], [layout.bench("mimic", "fp32")],
+                plan=BenchPlan(batch_sizes=(1, 8), duration_s=0.1))
     return layout
 
 

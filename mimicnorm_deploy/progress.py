@@ -1,0 +1,59 @@
+"""Progress of long work: a bar redrawn in place on a terminal, plain lines in CI logs.
+
+Stages report progress as messages ("epoch 1 step 150/390 loss 0.52", "calibration batch 3/16",
+"batch 64: 120/400 iterations"). On a terminal a message carrying a count (the last "N/M" in it)
+redraws one status line with a bar; the line is kept once its count completes, and any other
+message starts a new line. Anywhere else (a pipe, a CI log) every message is its own line, so
+logs stay readable and greppable.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TextIO
+
+# "N/M" not inside a path or a word ("runs/2024/x" is no count).
+COUNT = re.compile(r"(?<![\w/.])(\d+)/(\d+)(?![\w/])")
+BAR_WIDTH = 24
+
+
+def last_count(message: str) -> tuple[int, int] | None:
+    """The last "done/total" in `message`, or None."""
+    matches = COUNT.findall(message)
+    if not matches:
+        return None
+    done, total = (int(v) for v in matches[-1])
+    return (done, total) if total > 0 else None
+
+
+def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    filled = min(width, round(width * done / total))
+    return f"[{'#' * filled}{'.' * (width - filled)}] {min(100, 100 * done // total):3d}%"
+
+
+class ProgressPrinter:
+    """A `progress(message)` callable for the CLI; `is_tty` defaults to whether `stream` is a terminal."""
+
+    def __init__(self, stream: TextIO | None = None, is_tty: bool | None = None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.is_tty = self.stream.isatty() if is_tty is None else is_tty
+        self._open_width = 0  # characters of the status line being redrawn; 0 when none is open
+
+    def __call__(self, message: str) -> None:
+        count = last_count(message) if self.is_tty else None
+        if count is None:
+            self._close_line()
+            self.stream.write(message + "\n")
+        else:
+            line = f"{message} {bar(*count)}"
+            self.stream.write("\r" + line.ljust(self._open_width))
+            self._open_width = len(line)
+            if count[0] >= count[1]:
+                self._close_line()
+        self.stream.flush()
+
+    def _close_line(self) -> None:
+        if self._open_width:
+            self.stream.write("\n")
+            self._open_width = 0
