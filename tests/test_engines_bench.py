@@ -182,7 +182,7 @@ def test_rss_probe_does_not_inherit_the_parents_peak(tmp_path):
 
 def test_interleaved_rounds_pool_every_round_and_share_one_session(tmp_path, engine_dir):
     other = tmp_path / "other"
-    build_engine(tiny_onnx.make_tiny_resnet(tmp_path / "o.onnx", seed=1), other, precision="fp32", intra_op_threads=1)
+    build_engine(tiny_onnx.make_tiny_resnet(tmp_path / "o.onnx", seed=1), other, options=Options(intra_op_threads=1))
     messages = []
     plan = BenchPlan(batch_sizes=(1, 2), rounds=3, duration_s=0.03, min_iterations=6, warmup_s=0)
     records = bench_engines([engine_dir, other], plan, memory=False, progress=messages.append)
@@ -202,11 +202,12 @@ def test_interleaved_rounds_pool_every_round_and_share_one_session(tmp_path, eng
 
 def test_a_sweep_skips_batch_sizes_the_engine_refuses_and_says_why():
     plan = BenchPlan(batch_sizes=(1, 2, 8), duration_s=0, min_iterations=1, warmup_s=0, sweep=True)
-    segments, skipped = bench_module._interleaved_rounds([FixedBatchTwoRunner()], ["fixed"], plan, None)
-    assert list(segments[0]) == [2]
-    assert set(skipped[0]) == {"1", "8"} and "fixed batch size of 2" in skipped[0]["1"]
-    with pytest.raises(UserError, match="fixed batch size"):
-        bench_module._interleaved_rounds([FixedBatchTwoRunner()], ["fixed"], BenchPlan(batch_sizes=(1,)), None)
+    with FixedBatchTwoRunner() as runner:
+        segments, skipped = bench_module._interleaved_rounds([runner], ["fixed"], plan, None)
+        assert list(segments[0]) == [2]
+        assert set(skipped[0]) == {"1", "8"} and "fixed batch size of 2" in skipped[0]["1"]
+        with pytest.raises(UserError, match="fixed batch size"):
+            bench_module._interleaved_rounds([runner], ["fixed"], BenchPlan(batch_sizes=(1,)), None)
 
 
 class FixedBatchTwoRunner(FakeGpuRunner):
