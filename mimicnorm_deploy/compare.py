@@ -300,14 +300,15 @@ def render_markdown(comparison: Comparison) -> str:
                 f"{row.b.latency[row.batch_size].p50_ms:.3f}", f"{est.value:.3f} [{est.low:.3f}, {est.high:.3f}]",
                 est.verdict + (" (paired rounds)" if est.paired else ""),
             ]))  # fmt: skip
-    if len(comparison.sources) > 1:
-        lines += ["", *render_device_tables(comparison.sources)]
+    if not comparison.rows:
+        lines += ["", "Nothing to pair: give two inputs, or a run with both norms or with FP32 and another variant."]
+    lines += ["", *render_device_tables(comparison.sources)]
     return "\n".join(lines) + "\n"
 
 
 def render_device_tables(sources: dict[str, list[Measurement]]) -> list[str]:
     """Per engine, its latency on every input side by side; then each input's fingerprint."""
-    lines = ["## Per engine across inputs", "",
+    lines = ["## Per engine and input", "",
              "| engine | batch | input | p50 ms | p90 ms | p99 ms | img/s | timing |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     keys: dict[tuple, str] = {}

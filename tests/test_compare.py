@@ -31,7 +31,7 @@ def test_a_twenty_percent_regression_fails_the_gate(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "regression: resnet20 BN-folded fp32 batch 1" in captured.err
     assert "MimicNorm" not in "".join(line for line in captured.err.splitlines() if line.startswith("regression"))
-    assert "## Per engine across inputs" in captured.out and "Test CPU" in captured.out
+    assert "## Per engine and input" in captured.out and "Test CPU" in captured.out
     assert main(["compare", str(baseline), str(slower), "--fail-if-slower", "30"]) == 0
     # Naming the slower run as the baseline turns the same shift into a speed-up: no regression.
     assert main(["compare", str(baseline), str(slower), "--baseline", str(slower), "--fail-if-slower", "10"]) == 0
@@ -49,6 +49,8 @@ def test_two_single_engine_files_pair_whatever_their_names(tmp_path, capsys):
     assert main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert f"## {b} vs {a}" in out and "slower" in out
+    assert main(["compare", str(a)]) == 0
+    assert "Nothing to pair" in capsys.readouterr().out
 
 
 def _error(capsys):
