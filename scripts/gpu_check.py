@@ -285,11 +285,18 @@ def memory_rows(report: dict) -> list[dict]:
 
 
 MEMORY_TABLE_NOTE = (
-    "Process device memory (NVML / nvidia-smi), the allocator's peak reserved and peak allocated MiB per norm, "
+    "Process device memory (NVML / nvidia-smi; where they cannot see the process, the device's memory in use "
+    "while the part ran alone), the allocator's peak reserved and peak allocated MiB per norm, "
     "then MimicNorm's ratio to each twin by process memory, by peak allocated bytes and by the bytes autograd saves "
     "for backward (device-independent); the paper's column is its "
     "published BN -> MimicNorm change (CIFAR-100, nvidia-smi, batch 256)."
 )
+
+
+def _process_bytes(row: dict) -> int | None:
+    """The process's device memory as NVML/nvidia-smi attribute it, else the device's memory in use
+    (the part ran alone on the GPU, so that is this process plus the driver's own)."""
+    return row.get("gpu_process_bytes") or row.get("gpu_device_used_bytes")
 
 
 def render_memory(rows: list[dict]) -> list[str]:
@@ -311,11 +318,12 @@ def render_memory(rows: list[dict]) -> list[str]:
             found = {norm: by_key.get((arch, norm, amp), {}) for norm in norms}
             for norm in norms:
                 row = found[norm]
-                cells.append(f"{_mib(row.get('gpu_process_bytes'))} / {_mib(row.get('cuda_peak_reserved_bytes'))} / "
+                cells.append(f"{_mib(_process_bytes(row))} / {_mib(row.get('cuda_peak_reserved_bytes'))} / "
                              f"{_mib(row.get('cuda_peak_allocated_bytes'))}")  # fmt: skip
             cells += [f"{found[n]['step_ms_p50']:.1f}" if "step_ms_p50" in found[n] else "n/a" for n in norms]
             mimic = found.get("mimic", {})
-            for key in ("gpu_process_bytes", "cuda_peak_allocated_bytes", "activation_bytes"):
+            cells += [_ratio(_process_bytes(mimic), _process_bytes(found[n])) for n in others]
+            for key in ("cuda_peak_allocated_bytes", "activation_bytes"):
                 cells += [_ratio(mimic.get(key), found[n].get(key)) for n in others]
             paper = memory_change_percent(arch)
             cells.append("" if paper is None else f"{paper:+.1f}%")

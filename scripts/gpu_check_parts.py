@@ -103,6 +103,11 @@ def train_memory(settings: Settings, arch: str, norm: str) -> dict:
         row["gpu_process_bytes"], row["gpu_process_source"] = (
             process_device_memory() if settings.device == "cuda" else (None, "not measured")
         )
+        if settings.device == "cuda":
+            # Every process's memory on the device (nvidia-smi's Memory-Usage line): this part runs
+            # alone, so it is this process plus the driver's own, even where NVML cannot see the PID.
+            free, total = torch.cuda.mem_get_info()
+            row["gpu_device_used_bytes"] = total - free
         rows.append(row)
         print(f"{arch}/{norm}/{amp}: {row.get('cuda_peak_allocated_bytes', row['training_bytes']) / 2**20:.0f} MiB",
               flush=True)  # fmt: skip

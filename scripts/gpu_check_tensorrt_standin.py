@@ -34,8 +34,8 @@ class _DeviceArray:
 class _Context:
     def __init__(self) -> None:
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self.addresses: dict[str, int] = {}
-        self.launches = 0
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.streams: dict[int, torch.cuda.ExternalStream] = {}
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         self.shapes[name] = tuple(shape)
@@ -46,18 +46,18 @@ class _Context:
         return self.shapes[name]
 
     def set_tensor_address(self, name: str, pointer: int) -> bool:
-        self.addresses[name] = int(pointer)
+        # The views are made here, not in execute_async_v3, which may run inside a graph capture.
+        self.tensors[name] = torch.as_tensor(_DeviceArray(int(pointer), self.shapes[name]), device="cuda")
         return True
 
     def execute_async_v3(self, stream: int) -> bool:
-        shape = self.shapes[INPUT]
-        images = torch.as_tensor(_DeviceArray(self.addresses[INPUT], shape), device="cuda")
-        logits = torch.as_tensor(_DeviceArray(self.addresses[OUTPUT], shape), device="cuda")
+        # The runner runs once before it captures, so the stream wrapper exists by then.
+        torch_stream = self.streams.setdefault(stream, torch.cuda.ExternalStream(stream))
+        images, logits = self.tensors[INPUT], self.tensors[OUTPUT]
         # In place and with out=: nothing is allocated, so this can be captured into a CUDA graph.
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+        with torch.cuda.stream(torch_stream):
             torch.mul(images, 2.0, out=logits)
             logits.add_(1.0)
-        self.launches += 1
         return True
 
 
