@@ -14,3 +14,4 @@ MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)
 TENSORRT_DLA_LAYERS = ("mimicnorm-deploy/tensorrt-dla-layers", 1)  # engine_dir/dla_layers.json: where each layer runs
 BUNDLE = ("mimicnorm-deploy/bundle", 1)  # bundle.json: a bundle's or a device results archive's files and engines
 GPU_CHECK = ("mimicnorm-deploy/gpu-check", 1)  # scripts/gpu_check.sh: every CUDA path with its figures
+TORCH_VS_ONNXRUNTIME = ("mimicnorm-deploy/torch-vs-onnxruntime", 1)  # scripts/bench_torch_vs_ort.py's summary
