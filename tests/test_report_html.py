@@ -88,3 +88,15 @@ def test_the_console_check_sees_an_error(tmp_path):
     page.write_text('<!DOCTYPE html><html><body><script>console.error("broken-page-marker")</script></body></html>')
     _, console = run_chromium(page, tmp_path)
     assert any("broken-page-marker" in line for line in console)
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_compare_html_loads_in_chromium_without_console_messages(tmp_path):
+    a = write_run(tmp_path / "a", session="a")
+    b = write_run(tmp_path / "b", scale_bn=1.2, seed=3, session="b")
+    page = tmp_path / "compare.html"
+    assert main(["compare", str(a), str(b), "--html", str(page)]) == 0
+    dom, console = run_chromium(page, tmp_path)
+    assert console == []
+    assert '<section id="environment">' in dom and f"{b} vs {a}" in dom and "<svg" in dom
