@@ -86,6 +86,15 @@ def test_tensorrt_11_networks_are_strongly_typed_without_the_deprecated_flag(tmp
     assert manifest.build_flags["strongly_typed"] is True and manifest.build_flags["flags"] == []
 
 
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+def test_a_mixed_qdq_model_builds_as_typed_with_its_plan_recorded(tmp_path, monkeypatch, artifacts, version):
+    # calibrate's Q/DQ and FP16 conversions keep the node names a plan uses.
+    manifest, trt, _ = _build(tmp_path, monkeypatch, artifacts["qdq_fp16"], version=version,
+                              plan=str(artifacts["plan"]))  # fmt: skip
+    assert manifest.precision == "plan" and manifest.plan_sha256 == sha256_file(artifacts["plan"])
+    assert _calls(trt, "ILayer.precision") == [] and manifest.build_flags["flags"] == []  # types come from the file
+
+
 @pytest.mark.parametrize(("precision", "flags"), [("fp16", ["FP16"]), ("fp32", [])])
 def test_tensorrt_10_plain_precisions_are_weakly_typed(tmp_path, monkeypatch, artifacts, precision, flags):
     manifest, trt, _ = _build(tmp_path, monkeypatch, artifacts["model"], precision=precision)
