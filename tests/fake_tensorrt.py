@@ -753,6 +753,77 @@ def make_fake_cudart(gpu: FakeGpu) -> types.ModuleType:
     return rt
 
 
+def make_fake_pycuda(gpu: FakeGpu) -> types.ModuleType:
+    """A fake `pycuda.driver` on the same fake GPU: what engines/tensorrt/cuda.py's PyCuda uses."""
+    driver = types.ModuleType("pycuda.driver", "FAKE pycuda.driver (tests/fake_tensorrt.py)")
+
+    class Device:
+        def __init__(self, ordinal: int) -> None:
+            self.ordinal = ordinal
+
+        def name(self) -> str:
+            return gpu.name
+
+        def compute_capability(self) -> tuple[int, int]:
+            return gpu.compute_capability
+
+        def retain_primary_context(self) -> Any:
+            return types.SimpleNamespace(push=lambda: None)
+
+    class DeviceAllocation(int):
+        def free(self) -> None:
+            del gpu.memory[int(self)]
+
+    class HostAllocation(bytearray):
+        """The buffer behind a pagelocked array (`array.base`), freed explicitly as in pycuda."""
+
+        def free(self) -> None:
+            gpu.pinned.pop(np.frombuffer(self, np.uint8).ctypes.data)
+
+    def pagelocked_empty(shape: tuple, dtype: Any) -> np.ndarray:
+        allocation = HostAllocation(max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1))
+        array = np.ndarray(shape, dtype, buffer=allocation)
+        gpu.pinned[array.ctypes.data] = array
+        return array
+
+    class Stream:
+        count = 0
+
+        def __init__(self) -> None:
+            Stream.count += 1
+            self.handle = 1000 + Stream.count
+
+        def synchronize(self) -> None:
+            pass
+
+    class Event:
+        def __init__(self) -> None:
+            self.time: float | None = None
+
+        def record(self, stream: Any) -> None:
+            gpu.enqueue(stream.handle, lambda: setattr(self, "time", gpu.clock_ms))
+
+        def time_since(self, start: Any) -> float:
+            return self.time - start.time
+
+    def memcpy_htod_async(dest: int, src: np.ndarray, stream: Any) -> None:
+        data = np.ascontiguousarray(src).tobytes()
+        gpu.enqueue(stream.handle, lambda: gpu.memory[int(dest)].__setitem__(slice(0, len(data)), data))
+
+    def memcpy_dtoh_async(dest: np.ndarray, src: int, stream: Any) -> None:
+        def run() -> None:
+            dest.reshape(-1).view(np.uint8)[:] = np.frombuffer(bytes(gpu.memory[int(src)][: dest.nbytes]), np.uint8)
+
+        gpu.enqueue(stream.handle, run)
+
+    members = dict(init=lambda: None, Device=Device, Stream=Stream, Event=Event, pagelocked_empty=pagelocked_empty,
+                   mem_alloc=lambda nbytes: DeviceAllocation(gpu.allocate(nbytes)),
+                   memcpy_htod_async=memcpy_htod_async, memcpy_dtoh_async=memcpy_dtoh_async)  # fmt: skip
+    for name, value in members.items():
+        setattr(driver, name, value)
+    return driver
+
+
 def install(monkeypatch: Any, version: str = "10.13.0.35", gpu: FakeGpu | None = None, **options: Any
             ) -> tuple[types.ModuleType, types.ModuleType]:  # fmt: skip
     """Put the fakes where `import tensorrt` and `import cuda.bindings.runtime` find them (for one test)."""

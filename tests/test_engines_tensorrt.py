@@ -339,3 +339,26 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, artifacts, capsys):
     assert main([*build, "--target", "desktop-gpu"]) == 2  # onnxruntime has no target option
     assert "backend 'onnxruntime' has no option target" in capsys.readouterr().err
     assert not (tmp_path / "engine").exists()
+
+
+def test_runner_over_pycuda(tmp_path, monkeypatch, artifacts):
+    from fake_tensorrt import make_fake_pycuda
+
+    gpu = FakeGpu()
+    _build(tmp_path, monkeypatch, artifacts["model"], gpu=gpu)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)  # no cuda-python: pycuda is used
+    pycuda = make_fake_pycuda(gpu)
+    monkeypatch.setitem(sys.modules, "pycuda", type(sys)("pycuda"))
+    monkeypatch.setitem(sys.modules, "pycuda.driver", pycuda)
+    images = random_images(3)
+    with Runner(tmp_path / "engine") as runner:
+        np.testing.assert_allclose(runner.infer({"images": images})["logits"], _reference(artifacts["model"], images),
+                                   rtol=1e-6)  # fmt: skip
+        assert runner.timing()["gpu_compute_ms"] == pytest.approx(COMPUTE_MS)
+        assert runner.manifest.device["cuda_binding"] == "cuda-python"  # built with it; runs with either
+    assert gpu.memory == {} and gpu.pinned == {}
+    with pytest.raises(UserError, match="CUDA-graph replay needs cuda-python"):
+        _build(tmp_path, monkeypatch, artifacts["model"], gpu=gpu, cuda_graph=True)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+        with Runner(tmp_path / "engine") as runner:
+            runner.infer({"images": images})
