@@ -115,6 +115,8 @@ def trtexec_lines(
     if target.backend != "tensorrt":
         raise UserError(f"target {target.name} runs {target.backend}, not TensorRT; pick a jetson-* or desktop-gpu")
     version = trt_version or target.default_tensorrt_version
+    if version is None:
+        raise UserError(f"target {target.name} names no TensorRT version; pass --trt-version")
     major = parse_tensorrt_version(version)[0]
     if major not in SUPPORTED_MAJORS:
         raise UserError(f"TensorRT {version}: trtexec lines exist for TensorRT 10.x and 11.x; pass --trt-version")
