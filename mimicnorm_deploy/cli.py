@@ -208,6 +208,9 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .onnx (beside it: .json record, .quality.md/.png, "
                    ".ranges.json, and .plan.json when gated)")  # fmt: skip
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
+    p.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization first (exact in FP32; for BN-folded models quantized per tensor); "
+                        "the equalized FP32 model is written beside --out as <out>.equalized.onnx")
     p.add_argument("--target", default=DEFAULT_TARGET, choices=list(TARGETS), metavar="TARGET",
                    help="where the model will run (default cpu: this machine's CPU with ONNX Runtime's encoding; "
                    "desktop-gpu and jetson-*: TensorRT's symmetric int8, full 8-bit weights and Q/DQ placement); "
@@ -243,7 +246,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, holdout=args.holdout, high_precision=args.high_precision,
         max_top1_drop=None if args.max_top1_drop is None else args.max_top1_drop / 100,
         min_logits_sqnr_db=args.min_logits_sqnr, trt_cache=args.trt_cache, fp16=args.fp16, fp16_io=args.fp16_io,
-        eval_set=args.eval,
+        eval_set=args.eval, equalize=args.equalize,
     )  # fmt: skip
     record = calibrate_stage(args.model, args.calib, args.out, options, progress=_progress)
     encoding, quality, plan = record["encoding"], record["quality"], record["plan"]

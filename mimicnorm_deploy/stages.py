@@ -135,6 +135,9 @@ class CalibrateOptions:
     fp16: str | None = None  # also write the pure FP16 model here
     fp16_io: str = "fp32"  # the pure FP16 model's input and output type: fp32 (behind Casts) or fp16
     eval_set: str | None = None  # labelled images for the quality report (default: hold-out or calibration)
+    # Cross-layer equalization first (calibration.equalize); everything is then made from the
+    # equalized FP32 model, written beside the output as <out>.equalized.onnx.
+    equalize: bool = False
 
     @property
     def gated(self) -> bool:
@@ -239,6 +242,17 @@ def _write_fp16_model(model, fp16: Path, ranges, staging: Path, fp16_io: str) ->
     return [fp16]
 
 
+def equalize_stage(model: str | os.PathLike, out_path: str | os.PathLike):
+    """Cross-layer equalization of an FP32 model (calibration.equalize): the equalized model's path
+    and what was equalized."""
+    from calibration.equalize import write_equalized_model
+
+    result = write_equalized_model(_verified(model), out_path)
+    _record(out_path, "equalize", [model], {"pairs": len(result.pairs), "sweeps": result.sweeps,
+                                            "skipped": result.skipped})  # fmt: skip
+    return Path(out_path), result
+
+
 def calibrate_stage(
     model: str | os.PathLike,
     calibration_set: str | os.PathLike,
@@ -252,7 +266,9 @@ def calibrate_stage(
       the mixed-precision model of the plan (its high-precision layers in FP16 or FP32);
     - `<out>.json`: the calibration record with the quality report; `<out>.quality.md` / `.png`;
     - `<out>.ranges.json`: the activation ranges; `<out>.plan.json`: the precision plan (gated);
-    - optionally a TensorRT 10 calibration cache (+ sidecar) and a pure FP16 model.
+    - optionally a TensorRT 10 calibration cache (+ sidecar) and a pure FP16 model;
+    - with `equalize`, first `<out>.equalized.onnx`, the cross-layer-equalized FP32 model that
+      everything else is then made from (a complete artifact of its own, recorded by `equalize`).
     """
     from calibration.metrics import weight_range_spread, worst_spread
     from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
@@ -267,6 +283,9 @@ def calibrate_stage(
     fp16 = None if options.fp16 is None else _beside(options.fp16, out, "FP16 model")
     images, labels = load_image_set(_verified(calibration_set))
     split = _split_holdout(images, labels, options)
+    equalization = None  # options checked first: bad ones write nothing
+    if options.equalize:
+        model, equalization = equalize_stage(model, out.with_name(f"{out.stem}.equalized.onnx"))
 
     def say(message: str) -> None:
         if progress is not None:
@@ -298,6 +317,7 @@ def calibrate_stage(
             "holdout_images": len(split.holdout_images), "quantize": asdict(result) if result is not None else None,
             "plan": asdict(plan) if plan is not None else None, "quality": asdict(quality),
             "weight_spread": [asdict(s) for s in spreads], "worst_weight_spread": asdict(worst_spread(spreads)),
+            "equalization": asdict(equalization) if equalization is not None else None,
         }  # fmt: skip
         if trt_cache is not None:
             products += _write_trt_cache(trt_cache, ranges, staging)

@@ -12,7 +12,9 @@ Phase `evaluate`: for every model, INT8 per-tensor and per-channel with MinMax, 
 Entropy ranges, written for TensorRT (symmetric int8, full 8-bit weights) and scored on the test
 split with Q/DQ simulated in float (what TensorRT's arithmetic approximates, the same on any
 machine), plus ONNX Runtime's `quantize_static` with its defaults (the baseline a user reaches
-for) and gated mixed-precision plans from per-tensor MinMax and per-tensor Entropy. Ranges come
+for), gated mixed-precision plans from per-tensor MinMax and per-tensor Entropy, and per-tensor
+MinMax and Percentile after cross-layer equalization (calibration.equalize: what a BN network's
+owner would do before per-tensor INT8 instead of retraining). Ranges come
 from the first half of a 1,024-image sample of the training split; the gate is measured on the
 second half. Each model's results are kept in its directory (study_result.json), so this phase
 resumes too. The tables (mean and spread over seeds) go to stdout, `<out>/study.md` and
@@ -72,6 +74,7 @@ GRANULARITIES = ("per-tensor", "per-channel")
 PLAN_GATE_TOP1_DROP = 0.005  # half a point of top-1 on the held-out half of the calibration sample
 PLAN_METHODS = ("minmax", "entropy")  # gated plans start from per-tensor INT8 with these ranges
 CLIPPED_INPUT = "per-tensor entropy, input clipped too"  # TensorRT's calibrator on every tensor
+CLE_METHODS = ("minmax", "percentile")  # per-tensor INT8 after cross-layer equalization
 RESULT_FILE = "study_result.json"
 RESULT_SCHEMA = ("mimicnorm-deploy/int8-study-model", 1)
 STUDY_SCHEMA = ("mimicnorm-deploy/int8-study", 1)
@@ -156,6 +159,34 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
     return result
 
 
+def evaluate_equalized(directory: Path, data: dict, say) -> dict:
+    """Per-tensor INT8 of the cross-layer-equalized model (FP32 checked unchanged), on the test split."""
+    import tempfile
+
+    from calibration.equalize import write_equalized_model
+    from calibration.metrics import accuracy, weight_range_spread, worst_spread
+    from calibration.quantize import write_qdq_model
+    from calibration.ranges import calibrate_ranges
+    from calibration.targets import encoding_for
+
+    test_images, test_labels = data["test"]
+    encoding = encoding_for("desktop-gpu")
+    with tempfile.TemporaryDirectory(prefix="int8-study-cle.") as tmp:
+        model = Path(tmp) / "equalized.onnx"
+        equalization = write_equalized_model(directory / "model.onnx", model)
+        worst = worst_spread(weight_range_spread(model))
+        result = {"pairs": len(equalization.pairs), "fp32": accuracy(ort_logits(model, test_images), test_labels),
+                  "worst_spread": worst.spread, "worst_spread_layer": worst.node, "int8": {}}  # fmt: skip
+        say(f"CLE: {len(equalization.pairs)} conv pairs equalized, FP32 {100 * result['fp32']:.2f}%, worst spread "
+            f"{worst.spread:.1f}x ({worst.node})")  # fmt: skip
+        for method in CLE_METHODS:
+            path = Path(tmp) / f"{method}.onnx"
+            write_qdq_model(model, calibrate_ranges(model, data["ranges"], method), path, **encoding.qdq_options)
+            result["int8"][f"per-tensor {method}"] = score = accuracy(ort_logits(path, test_images), test_labels)
+            say(f"CLE + INT8 per-tensor {method}: {100 * score:.2f}%")
+    return result
+
+
 def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
     from engines.artifacts import read_json, write_json
 
@@ -184,6 +215,10 @@ def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
                     write_json(path, *RESULT_SCHEMA, {"arch": arch, "norm": norm, "seed": seed, **result})
                     print(f"[{arch} {norm} seed {seed}] evaluated in {(time.perf_counter() - started) / 60:.1f} min",
                           flush=True)  # fmt: skip
+                if "cle" not in result:  # results from before the CLE columns get them added
+                    result["cle"] = evaluate_equalized(directory, data, lambda m, tag=f"[{arch} {norm} seed {seed}]":
+                                                       print(f"{tag} {m}", flush=True))  # fmt: skip
+                    write_json(path, *RESULT_SCHEMA, {"arch": arch, "norm": norm, "seed": seed, **result})
                 rows.append({"arch": arch, "norm": norm, "seed": seed, **result})
     return rows
 
@@ -221,6 +256,23 @@ def summarize(rows: list[dict]) -> str:
     ]
     for arch, label, group in groups:
         values = [cell([r["fp32"] for r in group])] + [cell([r["int8"][c] for r in group]) for c in int8_columns]
+        lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
+    cle_columns = [f"per-tensor {m}" for m in CLE_METHODS]
+    lines += [
+        "",
+        "After cross-layer equalization (Nagel et al. 2019; exact in FP32, [conv pairs equalized]), per-tensor INT8",
+        "as above, against the same models' per-tensor INT8 without it.",
+        "",
+        "| model | norm | FP32 after CLE | " + " | ".join(f"{c}, no CLE | {c} + CLE" for c in cle_columns)
+        + " | worst weight-range spread after CLE |",
+        "|---" * (2 * len(cle_columns) + 4) + "|",
+    ]
+    for arch, label, group in groups:
+        pairs = sorted({r["cle"]["pairs"] for r in group})
+        values = [cell([r["cle"]["fp32"] for r in group]) + f" [{', '.join(map(str, pairs))}]"]
+        for c in cle_columns:
+            values += [cell([r["int8"][c] for r in group]), cell([r["cle"]["int8"][c] for r in group])]
+        values.append(cell([r["cle"]["worst_spread"] for r in group], 1, ".1f") + "x")
         lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
     plan_columns = [f"per-tensor {m}" for m in PLAN_METHODS]
     lines += [

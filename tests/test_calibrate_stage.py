@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tiny_onnx import make_tiny_resnet, random_images
+from tiny_onnx import make_tiny_mobilenet, make_tiny_resnet, random_images
 
 from calibration.fp16 import FP16_MAX
 from calibration.qdq import count_qdq, qdq_zero_point_violations, tensorrt_placement_violations
@@ -151,3 +151,19 @@ def test_cli_top1_drop_is_in_percentage_points(workdir, capsys):
         "error: --max-top1-drop 150.0 is not in [0, 100] percentage points; pass e.g. 0.5"
     )
     assert not (tmp / "q.onnx").exists()
+
+
+def test_equalize_writes_the_equalized_model_first_and_calibrates_it(tmp_path):
+    # A depthwise conv with a BN-folding-like 100x channel spread, quantized per tensor.
+    scales = np.array([100.0, 0.05, 1.0, 3.0, 0.2, 1.0, 40.0, 1.0])
+    model = make_tiny_mobilenet(tmp_path / "model.onnx", channel_scales=scales)
+    calib = image_set(tmp_path / "calib.npz", model)
+    plain = calibrate_stage(model, calib, tmp_path / "plain.onnx", CalibrateOptions(target="desktop-gpu"))
+    record = calibrate_stage(model, calib, tmp_path / "cle.onnx", CalibrateOptions(target="desktop-gpu", equalize=True))
+    assert (tmp_path / "cle.equalized.onnx").is_file() and record["model"] == str(tmp_path / "cle.equalized.onnx")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
+    assert manifest["cle.equalized.onnx"]["stage"] == "equalize"
+    assert [(p["first"], p["second"]) for p in record["equalization"]["pairs"]] == [("expand", "dw"), ("dw", "project")]
+    assert plain["equalization"] is None
+    assert record["worst_weight_spread"]["spread"] < plain["worst_weight_spread"]["spread"] / 5
+    assert record["quality"]["logits_sqnr_db"] > plain["quality"]["logits_sqnr_db"] + 6

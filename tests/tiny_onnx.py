@@ -81,3 +81,79 @@ def make_tiny_resnet(
 def random_images(n: int, *, seed: int = 1, in_chans: int = 1, size: int = 8) -> np.ndarray:
     """Model inputs in [0, 1], float32, N x C x H x W."""
     return np.random.default_rng(seed).random((n, in_chans, size, size), dtype=np.float32)
+
+
+def make_tiny_mobilenet(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    size: int = 8,
+    width: int = 4,
+    expand: int = 2,
+    num_classes: int = 3,
+    channel_scales: np.ndarray | None = None,
+    relu6: bool = False,
+) -> Path:
+    """Write a tiny MobileNetV2-like CNN to `path`: a stem conv, then one inverted residual block
+    (1x1 expand -> Relu -> 3x3 depthwise -> Relu -> 1x1 project, added to the stem's output),
+    pooling and a Gemm head. `channel_scales` multiplies the depthwise conv's output channels (and
+    divides them back in the projection), the uneven per-channel ranges BN folding makes there.
+    `relu6` makes the block's activations Clip(0, 6)."""
+    rng = np.random.default_rng(seed)
+    hidden = width * expand
+
+    def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+    dw = rng.normal(0, np.sqrt(2 / 9), (hidden, 1, 3, 3))
+    dw_bias = rng.normal(0, 0.1, hidden)
+    project = rng.normal(0, np.sqrt(1 / hidden), (width, hidden, 1, 1))
+    if channel_scales is not None:
+        dw, dw_bias = dw * channel_scales[:, None, None, None], dw_bias * channel_scales
+        project = project / channel_scales[None, :, None, None]
+    initializers = [
+        init("stem.weight", rng.normal(0, np.sqrt(2 / 9), (width, 1, 3, 3))),
+        init("stem.bias", rng.normal(0, 0.1, width)),
+        init("expand.weight", rng.normal(0, np.sqrt(2 / width), (hidden, width, 1, 1))),
+        init("expand.bias", rng.normal(0, 0.1, hidden)),
+        init("dw.weight", dw),
+        init("dw.bias", dw_bias),
+        init("project.weight", project),
+        init("project.bias", rng.normal(0, 0.1, width)),
+        init("fc.weight", rng.normal(0, np.sqrt(1 / width), (num_classes, width))),
+        init("fc.bias", rng.normal(0, 0.1, num_classes)),
+    ]
+    if relu6:
+        initializers += [init("zero", np.array(0.0)), init("six", np.array(6.0))]
+
+    def activation(name: str, x: str, y: str) -> onnx.NodeProto:
+        if relu6:
+            return helper.make_node("Clip", [x, "zero", "six"], [y], name=name)
+        return helper.make_node("Relu", [x], [y], name=name)
+
+    nodes = [
+        helper.make_node("Conv", ["images", "stem.weight", "stem.bias"], ["s"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["s"], ["s_act"], name="stem_relu"),
+        helper.make_node("Conv", ["s_act", "expand.weight", "expand.bias"], ["e"], name="expand"),
+        activation("expand_relu", "e", "e_act"),
+        helper.make_node("Conv", ["e_act", "dw.weight", "dw.bias"], ["d"], name="dw", pads=[1, 1, 1, 1], group=hidden),
+        activation("dw_relu", "d", "d_act"),
+        helper.make_node("Conv", ["d_act", "project.weight", "project.bias"], ["p"], name="project"),
+        helper.make_node("Add", ["p", "s_act"], ["res"], name="residual_add"),
+        helper.make_node("GlobalAveragePool", ["res"], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_mobilenet",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    onnx.save(model, path)
+    return path
