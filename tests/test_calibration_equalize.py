@@ -88,7 +88,8 @@ def test_relu6_and_shared_activations_are_left_alone(tmp_path):
     equalized, result = equalize_model(model)
     assert result.pairs == []
     assert len(result.skipped) == 2 and all("ReLU6" in reason for reason in result.skipped)
-    assert all(a.raw_data == b.raw_data for a, b in zip(model.graph.initializer, equalized.graph.initializer, strict=True))
+    pairs = zip(model.graph.initializer, equalized.graph.initializer, strict=True)
+    assert all(a.raw_data == b.raw_data for a, b in pairs)
     # The tiny ResNet's only conv -> Relu -> conv chain shares the Relu with the residual Add.
     resnet = onnx.load(make_tiny_resnet(tmp_path / "r.onnx", channel_scales=np.array([100.0, 1, 1, 1])))
     assert equalize_model(resnet)[1].pairs == []
