@@ -96,7 +96,8 @@ class ResidualScalar(nn.Module):
 
     It must directly follow a conv (nothing in between), so freezing can multiply it into that
     conv's weights and bias: the module holding it declares `scalar_targets`, a mapping from the
-    scalar's attribute name to the conv's (see freeze.py).
+    scalar's attribute name to the conv's (see freeze.py). Models apply it with `scaled_conv`,
+    which does the same multiplication during training.
     """
 
     def __init__(self, init: float) -> None:
@@ -106,10 +107,60 @@ class ResidualScalar(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
 
+    def conv_forward(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """s * conv(x), computed as conv(x; s * W, s * b) so autograd keeps less (see _ScaledConv2d)."""
+        return _ScaledConv2d.apply(x, conv.weight, conv.bias, self.scale, conv.stride, conv.padding, conv.dilation,
+                                   conv.groups)  # fmt: skip
+
+
+class _ScaledConv2d(torch.autograd.Function):
+    """conv2d(x, s * W, s * b) that keeps only x (and the parameters) for backward.
+
+    Written as `s * conv(x)`, autograd keeps the conv's whole output for the gradient of s; written
+    as a conv with scaled weights, it keeps the scaled copy of W. Here backward recomputes s * W
+    (a cheap weight op) and gets every gradient from one convolution_backward, with
+    dL/ds = <dL/d(sW), W> + <dL/d(sb), b>, dL/dW = s dL/d(sW), dL/db = s dL/d(sb): the
+    straightforward formulation's values up to float rounding. Under autocast the forward's conv
+    runs in the autocast dtype, and backward casts x and s * W to the gradient's dtype, as
+    autocast's own casts would.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight, bias, scale)
+        ctx.conv_args = (stride, padding, dilation, groups)
+        return nn.functional.conv2d(x, weight * scale, bias * scale, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, bias, scale = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        grad_x, grad_scaled_weight, grad_scaled_bias = torch.ops.aten.convolution_backward(
+            grad, x.to(grad.dtype), (weight * scale).to(grad.dtype), [bias.shape[0]], stride, padding, dilation,
+            False, [0, 0], groups, [ctx.needs_input_grad[0], True, True],
+        )  # fmt: skip
+        grad_scaled_weight, grad_scaled_bias = grad_scaled_weight.to(weight.dtype), grad_scaled_bias.to(bias.dtype)
+        grad_scale = (grad_scaled_weight * weight).sum() + (grad_scaled_bias * bias).sum()
+        return grad_x, grad_scaled_weight * scale, grad_scaled_bias * scale, grad_scale, None, None, None, None
+
 
 def residual_scalar_init(convs_in_branch: int, block_index: int) -> float:
     """1.2**m / k: m convs in the branch, k the 1-based index of the block over the network."""
     return 1.2**convs_in_branch / block_index
+
+
+def scaled_conv(conv: ConvNorm, scalar: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`scalar(conv(x))` for a ConvNorm followed by its norm's residual scalar (or nn.Identity).
+
+    While training, a MimicNorm scalar after a conv with no BatchNorm2d folds into the conv's
+    weights inside the forward (`ResidualScalar.conv_forward`), which saves one activation-sized
+    tensor per branch. Without autograd (evaluation, tracing, counting MACs with forward hooks),
+    and for anything else, it runs as written.
+    """
+    if torch.is_grad_enabled() and isinstance(scalar, ResidualScalar) and isinstance(conv.norm, nn.Identity):
+        return scalar.conv_forward(conv.conv, x)
+    return scalar(conv(x))
 
 
 class ConvNorm(nn.Module):

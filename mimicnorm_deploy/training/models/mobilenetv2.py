@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_, scaled_conv
 from mimicnorm_deploy.training.models.registry import register_model
 
 # (expansion t, output channels c, blocks n, stride s) per stage, as in the paper (ImageNet).
@@ -49,7 +49,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = x if self.expand is None else self.relu(self.expand(x))
-        out = self.scale(self.project(self.relu(self.depthwise(hidden))))
+        out = scaled_conv(self.project, self.scale, self.relu(self.depthwise(hidden)))
         return x + out if self.residual else out
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_, residual_scalar_init
+from mimicnorm_deploy.training.layers import (
+    ConvNorm,
+    Norm,
+    NormClassifier,
+    init_model_,
+    residual_scalar_init,
+    scaled_conv,
+)
 from mimicnorm_deploy.training.models.registry import register_model
 
 # MimicNorm's projection shortcut under the ImageNet stem is multiplied by a learnable scalar
@@ -32,10 +39,11 @@ class _ResidualBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch's output, already multiplied by its scalar `scale`."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.scale(self.branch(x)) + self.shortcut_scale(self.shortcut(x)))
+        return self.relu(self.branch(x) + scaled_conv(self.shortcut, self.shortcut_scale, x))
 
 
 class BasicBlock(_ResidualBlock):
@@ -51,7 +59,7 @@ class BasicBlock(_ResidualBlock):
         self.scale = norm.scalar(residual_scalar_init(self.convs_in_branch, block_index))
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.relu(self.conv1(x)))
+        return scaled_conv(self.conv2, self.scale, self.relu(self.conv1(x)))
 
 
 class Bottleneck(_ResidualBlock):
@@ -70,7 +78,7 @@ class Bottleneck(_ResidualBlock):
         self.scale = norm.scalar(residual_scalar_init(self.convs_in_branch, block_index))
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
+        return scaled_conv(self.conv3, self.scale, self.relu(self.conv2(self.relu(self.conv1(x)))))
 
 
 class ResNet(NormClassifier):

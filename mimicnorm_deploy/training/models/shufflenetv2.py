@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_, scaled_conv
 from mimicnorm_deploy.training.models.registry import register_model
 
 STEM_WIDTH = 24
@@ -49,12 +49,12 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample:
-            shortcut = self.relu(self.shortcut_scale(self.shortcut_conv(self.shortcut_dw(x))))
+            shortcut = self.relu(scaled_conv(self.shortcut_conv, self.shortcut_scale, self.shortcut_dw(x)))
             branch_in = x
         else:
             shortcut, branch_in = x.chunk(2, dim=1)
         branch = self.branch_dw(self.relu(self.branch_conv1(branch_in)))
-        branch = self.relu(self.branch_scale(self.branch_conv2(branch)))
+        branch = self.relu(scaled_conv(self.branch_conv2, self.branch_scale, branch))
         return channel_shuffle(torch.cat([shortcut, branch], dim=1), 2)
 
 
@@ -86,7 +86,7 @@ class ShuffleNetV2(NormClassifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem_pool(self.relu(self.stem(self.input_norm(x)))))
-        x = self.pool(self.relu(self.head_scale(self.head(x)))).flatten(1)
+        x = self.pool(self.relu(scaled_conv(self.head, self.head_scale, x))).flatten(1)
         return self.logits_norm(self.fc(x))
 
 
