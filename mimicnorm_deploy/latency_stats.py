@@ -10,6 +10,7 @@ of the resampled ratios (Efron & Tibshirani 1993, ch. 13).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,22 +25,13 @@ _CHUNK_ELEMENTS = 2_000_000  # resampled values held at once
 
 
 @dataclass(frozen=True)
-class Interval:
-    """A point estimate with its bootstrap interval."""
+class RatioEstimate:
+    """median(a) / median(b) with its bootstrap interval: above 1 means a is slower than b."""
 
     value: float
     low: float
     high: float
     confidence: float = CONFIDENCE
-
-    def to_dict(self) -> dict:
-        return {"value": self.value, "low": self.low, "high": self.high, "confidence": self.confidence}
-
-
-@dataclass(frozen=True)
-class RatioEstimate(Interval):
-    """median(a) / median(b): above 1 means a is slower than b."""
-
     tolerance: float = TOLERANCE
     paired: bool = False  # resampled by shared interleaved rounds
 
@@ -56,7 +48,7 @@ class RatioEstimate(Interval):
         return f"{text}: {change:.1f} % {self.verdict}"
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "tolerance": self.tolerance, "paired": self.paired, "verdict": self.verdict}
+        return {**dataclasses.asdict(self), "verdict": self.verdict}
 
 
 def ratio_verdict(low: float, high: float, tolerance: float = TOLERANCE) -> str:
@@ -67,20 +59,6 @@ def ratio_verdict(low: float, high: float, tolerance: float = TOLERANCE) -> str:
     if high < 1 / (1 + tolerance):
         return "faster"
     return "no detectable difference"
-
-
-def median_interval(
-    samples: Sequence[float], rounds: Sequence[int] | None = None, *, resamples: int = RESAMPLES, seed: int = 0
-) -> Interval:
-    """The median of `samples` with its bootstrap interval (resampled by round where given)."""
-    values = _as_samples(samples)
-    rng = np.random.default_rng(seed)
-    medians = np.concatenate([
-        np.median(values[idx], axis=1)
-        for idx in _resample_indices(rng, [values.size], rounds, resamples, _chunk(values.size))[0]
-    ])  # fmt: skip
-    low, high = _percentile_interval(medians, CONFIDENCE)
-    return Interval(float(np.median(values)), low, high)
 
 
 def ratio_of_medians(

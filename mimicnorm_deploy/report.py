@@ -39,8 +39,8 @@ def build_report(run_dir: str | os.PathLike) -> dict[str, Any]:
         "models": models,
         "comparisons": {
             **_training_comparison(models),
-            "twins": [_pair_entry(row, models) for row in pairs if row.a.norm != row.b.norm],
-            "precisions": [_pair_entry(row, models) for row in pairs if row.a.norm == row.b.norm],
+            "twins": [_pair_entry(row) for row in pairs if row.a.norm != row.b.norm],
+            "precisions": [_pair_entry(row) for row in pairs if row.a.norm == row.b.norm],
         },
         "measured_on": sorted({m.device for m in measurements}),
         "devices": device_sections(run_dir),  # results unbundled from Jetsons (mimicnorm_deploy.device_results)
@@ -160,10 +160,7 @@ def _training_comparison(models: dict[str, Any]) -> dict[str, Any]:
     }}  # fmt: skip
 
 
-def _pair_entry(row: PairRow, models: dict[str, Any]) -> dict[str, Any]:
-    def accuracy(m: Measurement) -> float | None:
-        return m.accuracy
-
+def _pair_entry(row: PairRow) -> dict[str, Any]:
     def engine_bytes(m: Measurement) -> int | None:
         # What the engine itself costs: peak RSS of a process running it, less that process's baseline.
         if "peak_rss_bytes" not in m.memory:
@@ -177,7 +174,7 @@ def _pair_entry(row: PairRow, models: dict[str, Any]) -> dict[str, Any]:
         "latency_ratio": row.estimate.to_dict(),
         "a_p50_ms": row.a.latency[row.batch_size].p50_ms,
         "b_p50_ms": row.b.latency[row.batch_size].p50_ms,
-        "accuracy_difference": _difference(accuracy(row.a), accuracy(row.b)),
+        "accuracy_difference": _difference(row.a.accuracy, row.b.accuracy),
         "engine_memory_ratio": _ratio(engine_bytes(row.a), engine_bytes(row.b)),
         "model_file_ratio": _ratio(row.a.memory.get("model_file_bytes"), row.b.memory.get("model_file_bytes")),
     }
