@@ -25,6 +25,19 @@ _CHUNK_ELEMENTS = 2_000_000  # resampled values held at once
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A median with its bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = CONFIDENCE
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class RatioEstimate:
     """median(a) / median(b) with its bootstrap interval: above 1 means a is slower than b."""
 
@@ -59,6 +72,17 @@ def ratio_verdict(low: float, high: float, tolerance: float = TOLERANCE) -> str:
     if high < 1 / (1 + tolerance):
         return "faster"
     return "no detectable difference"
+
+
+def median_interval(
+    samples: Sequence[float], rounds: Sequence[int] | None = None, *, resamples: int = RESAMPLES, seed: int = 0
+) -> Interval:
+    """The median of `samples` with its bootstrap interval (resampled by round where given)."""
+    values = _as_samples(samples)
+    rng = np.random.default_rng(seed)
+    chunks = _resample_indices(rng, [values.size], rounds, resamples, _chunk(values.size))[0]
+    low, high = _percentile_interval(np.concatenate([np.median(values[idx], axis=1) for idx in chunks]), CONFIDENCE)
+    return Interval(float(np.median(values)), low, high)
 
 
 def ratio_of_medians(

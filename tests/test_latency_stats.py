@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mimicnorm_deploy.latency_stats import ratio_of_medians, ratio_verdict
+from mimicnorm_deploy.latency_stats import median_interval, ratio_of_medians, ratio_verdict
 
 
 def latencies(rng, n, scale=1.0):
@@ -64,3 +64,14 @@ def test_verdict_edges_and_bad_input():
         ratio_of_medians([1.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="per-round counts"):
         ratio_of_medians([1.0, 2.0], [1.0, 2.0], paired=True)
+
+
+def test_median_interval_brackets_the_true_median():
+    rng = np.random.default_rng(3)
+    samples = latencies(rng, 300)
+    interval = median_interval(samples, resamples=500)
+    assert interval.low <= interval.value <= interval.high
+    assert interval.value == np.median(samples)
+    assert interval.low < 0.5 + np.exp(-1.0) < interval.high  # the lognormal's median plus the floor
+    by_round = median_interval(samples, [100, 100, 100], resamples=500)
+    assert by_round.low <= by_round.value <= by_round.high
