@@ -1,4 +1,4 @@
-"""INT8 targets: how the arithmetic of the hardware that will run a model decides how it is written.
+"""INT8 encodings of the targets: how the arithmetic of the hardware that will run a model decides how it is written.
 
 One precision plan is written once per target: the layers it puts in INT8 are the same, the
 encoding of those layers follows the target's kernels.

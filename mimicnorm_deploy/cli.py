@@ -619,6 +619,23 @@ def _cmd_pack_results(args: argparse.Namespace) -> None:
           f"--out RUN_DIR/devices/{args.target}, then mimicnorm-deploy report RUN_DIR")  # fmt: skip
 
 
+def _targets_arguments(p: argparse.ArgumentParser) -> None:
+    """No arguments: the list is engines/targets.py."""
+
+
+def _cmd_targets(args: argparse.Namespace) -> None:
+    from engines.targets import TARGETS
+
+    rows = [("target", "backend", "device", "INT8 encoding", "workspace", "TensorRT", "description")]
+    for t in TARGETS.values():
+        workspace = f"{t.workspace_mib} MiB" if t.workspace_mib is not None else "-"
+        rows.append((t.name, t.backend, t.device, t.int8_encoding, workspace, ", ".join(t.tensorrt_versions) or "-",
+                     t.description))  # fmt: skip
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -648,6 +665,8 @@ COMMANDS = [
     Command("compare", _cmd_compare, _compare_arguments,
             "latency ratios with bootstrap intervals across runs, precisions and machines; a regression gate"),
     Command("report", _cmd_report, _report_arguments, "JSON + Markdown + PNG report of a run directory"),
+    Command("targets", _cmd_targets, _targets_arguments,
+            "list the targets (where a model runs: backend, device, INT8 encoding, limits)"),
     Command("bundle", _cmd_bundle, _bundle_arguments,
             "pack what a target needs from a run directory into one checked archive"),
     Command("unbundle", _cmd_unbundle, _unbundle_arguments,

@@ -14,6 +14,9 @@ from engines.errors import UserError
 from engines.schemas import CALIBRATION
 from mimicnorm_deploy.bundle import BUNDLE_MANIFEST_NAME, extract_bundle, write_bundle
 from mimicnorm_deploy.cli import main
+from mimicnorm_deploy.layout import TENSORRT_VARIANT, RunLayout
+
+V = TENSORRT_VARIANT
 
 
 def _calibration(model_dir: Path, variant: str, target: str, **extra) -> None:
@@ -30,12 +33,12 @@ def run_dir(tmp_path):
         model_dir.mkdir(parents=True)
         (model_dir / "model.onnx").write_bytes(f"fp32 {norm}".encode())
         (model_dir / "train_report.json").write_text("{}")
-        _calibration(model_dir, "int8-per-tensor", "cpu")
-        _calibration(model_dir, "int8-tensorrt", "desktop-gpu", trt_cache=f"{run}/{norm}/model.trt10.calib",
+        _calibration(model_dir, "int8-per-tensor.cpu", "cpu")
+        _calibration(model_dir, V, "desktop-gpu", trt_cache=str(RunLayout(run).tensorrt_cache(norm)),
                      fp16=f"{norm}/model.fp16.onnx")  # fmt: skip
-        (model_dir / "model.int8-tensorrt.plan.json").write_text('{"layers": {}}')
-        (model_dir / "model.trt10.calib").write_text("TRT-100300-EntropyCalibration2\n")
-        (model_dir / "model.trt10.calib.json").write_text("{}")
+        (model_dir / f"model.{V}.plan.json").write_text('{"layers": {}}')
+        (model_dir / f"model.{V}.trt10.calib").write_text("TRT-100300-EntropyCalibration2\n")
+        (model_dir / f"model.{V}.trt10.calib.json").write_text("{}")
         (model_dir / "model.fp16.onnx").write_bytes(f"fp16 {norm}".encode())
     (run / "data").mkdir()
     (run / "data" / "test.npz").write_bytes(b"test images")
@@ -50,27 +53,27 @@ def _names(bundle: Path) -> list[str]:
 def test_jetson_bundle_holds_the_tensorrt_files_and_the_device_scripts(run_dir, tmp_path):
     bundle = tmp_path / "b.tar.gz"
     manifest = write_bundle(run_dir, "jetson-orin-nx", bundle, test_set=True)
-    per_norm = ["model.fp16.onnx", "model.int8-tensorrt.onnx", "model.int8-tensorrt.plan.json", "model.onnx",
-                "model.trt10.calib", "model.trt10.calib.json"]  # fmt: skip
+    per_norm = ["model.fp16.onnx", f"model.{V}.onnx", f"model.{V}.plan.json", "model.onnx",
+                f"model.{V}.trt10.calib", f"model.{V}.trt10.calib.json"]  # fmt: skip
     expected = sorted([BUNDLE_MANIFEST_NAME, "data/test.npz", "scripts/run.sh", "scripts/setup.sh"]
                       + [f"{norm}/{name}" for norm in ("bn", "mimic") for name in per_norm])  # fmt: skip
     assert _names(bundle) == expected
     assert manifest["target"]["name"] == "jetson-orin-nx" and manifest["target"]["workspace_mib"] == 1024
     engines = {e["name"]: e for e in manifest["engines"]}
-    assert engines["mimic/int8-tensorrt"] == {"name": "mimic/int8-tensorrt", "kind": "qdq",
-                                              "model": "mimic/model.int8-tensorrt.onnx", "calibration_cache": None,
-                                              "plan": "mimic/model.int8-tensorrt.plan.json"}  # fmt: skip
-    cache = engines["mimic/int8-tensorrt-trt10-cache"]
+    assert engines[f"mimic/{V}"] == {"name": f"mimic/{V}", "kind": "qdq",
+                                              "model": f"mimic/model.{V}.onnx", "calibration_cache": None,
+                                              "plan": f"mimic/model.{V}.plan.json"}  # fmt: skip
+    cache = engines[f"mimic/{V}-trt10-cache"]
     assert (cache["kind"], cache["model"], cache["calibration_cache"]) == (
-        "int8-cache", "mimic/model.onnx", "mimic/model.trt10.calib")
+        "int8-cache", "mimic/model.onnx", f"mimic/model.{V}.trt10.calib")
     assert engines["bn/fp16"]["kind"] == "fp16" and engines["bn/fp32"]["kind"] == "fp32"
     assert not any("per-tensor" in name for name in engines)  # calibrated for the CPU's encoding
 
 
 def test_cpu_bundle_holds_only_the_cpu_encoding(run_dir, tmp_path):
     manifest = write_bundle(run_dir, "cpu", tmp_path / "cpu.tar.gz")
-    assert sorted(manifest["files"]) == sorted(f"{norm}/{name}" for norm in ("bn", "mimic")
-                                               for name in ("model.onnx", "model.int8-per-tensor.onnx"))  # fmt: skip
+    per_norm = ("model.onnx", "model.int8-per-tensor.cpu.onnx")
+    assert sorted(manifest["files"]) == sorted(f"{norm}/{name}" for norm in ("bn", "mimic") for name in per_norm)
 
 
 def test_round_trip_restores_every_file(run_dir, tmp_path):
@@ -78,7 +81,7 @@ def test_round_trip_restores_every_file(run_dir, tmp_path):
     write_bundle(run_dir, "jetson-orin-agx-dla0", bundle)
     dest = tmp_path / "device" / "bundle"
     manifest = extract_bundle(bundle, dest)
-    assert (dest / "mimic" / "model.trt10.calib").read_text() == "TRT-100300-EntropyCalibration2\n"
+    assert (dest / "mimic" / f"model.{V}.trt10.calib").read_text() == "TRT-100300-EntropyCalibration2\n"
     assert (dest / "bn" / "model.onnx").read_bytes() == b"fp32 bn"
     assert (dest / "scripts" / "run.sh").stat().st_mode & 0o100  # the script stays executable
     assert json.loads((dest / BUNDLE_MANIFEST_NAME).read_text())["files"] == manifest["files"]
@@ -95,7 +98,7 @@ def test_missing_run_artifacts_and_test_set_are_one_line_errors(tmp_path, run_di
     with pytest.raises(UserError, match="no test set"):
         write_bundle(run_dir, "cpu", tmp_path / "x.tar.gz", test_set=True)
     (run_dir / "mimic" / "model.fp16.onnx").unlink()
-    with pytest.raises(UserError, match="model.fp16.onnx: listed by model.int8-tensorrt.json but missing"):
+    with pytest.raises(UserError, match=f"model.fp16.onnx: listed by model.{V}.json but missing"):
         write_bundle(run_dir, "jetson-orin-nano", tmp_path / "x.tar.gz")
     assert not (tmp_path / "x.tar.gz").exists()
 
@@ -139,10 +142,10 @@ def test_a_corrupted_file_is_refused_and_nothing_is_extracted(bundle, tmp_path):
 
 def test_an_incomplete_or_padded_bundle_is_refused(bundle, tmp_path):
     def drop(info, data):
-        return [] if info.name == "bn/model.trt10.calib" else [(info, data)]
+        return [] if info.name == f"bn/model.{V}.trt10.calib" else [(info, data)]
 
     _refused(_rewrite(bundle, tmp_path / "short.tar.gz", drop), tmp_path / "o1" / "b",
-             "incomplete, bn/model.trt10.calib is missing")  # fmt: skip
+             f"incomplete, bn/model.{V}.trt10.calib is missing")  # fmt: skip
 
     def extra(info, data):
         if info.name != BUNDLE_MANIFEST_NAME:

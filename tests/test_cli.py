@@ -123,7 +123,7 @@ def test_empty_calibration_set(demo_run, tmp_path, capsys):
 
 def test_quantized_model_passed_as_fp32(demo_run, tmp_path, capsys):
     out = tmp_path / "q.onnx"
-    assert main(["calibrate", str(demo_run.onnx("mimic", "int8-per-tensor")), "--calib",
+    assert main(["calibrate", str(demo_run.onnx("mimic", VARIANTS[1])), "--calib",
                  str(demo_run.calibration_set), "--out", str(out)]) == 2  # fmt: skip
     assert "already quantized" in _error_line(capsys)
     assert not out.exists()

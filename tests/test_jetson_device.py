@@ -17,12 +17,13 @@ from engines.errors import UserError
 from engines.jetson import attach_power, cuda_version, parse_jetson_clocks, power_summary, sysfs_clocks
 from engines.schemas import TRAIN_REPORT
 from mimicnorm_deploy.cli import main
-from mimicnorm_deploy.layout import RunLayout
+from mimicnorm_deploy.layout import RunLayout, variant_name
 
 REPO = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).parent / "fakes"
 JETSON = FAKES / "jetson"
 OUTPUTS = JETSON / "outputs"
+NX_VARIANT = variant_name("int8-per-channel", "jetson-orin-nx")
 
 
 def test_jetson_clocks_show_says_whether_clocks_are_locked():
@@ -130,9 +131,10 @@ def run_dir(tmp_path_factory):
     model_dir.mkdir(parents=True)
     make_tiny_resnet(layout.onnx("mimic"), size=8)
     _train_report(layout.train_report("mimic"))
-    options = CalibrateOptions(per_channel=True, target="jetson-orin-nx", trt_cache=str(layout.tensorrt_cache("mimic")),
+    cache = layout.tensorrt_cache("mimic", NX_VARIANT)
+    options = CalibrateOptions(per_channel=True, target="jetson-orin-nx", trt_cache=str(cache),
                                fp16=str(model_dir / "model.fp16.onnx"))  # fmt: skip
-    calibrate_stage(layout.onnx("mimic"), layout.calibration_set, layout.onnx("mimic", "int8-tensorrt"), options)
+    calibrate_stage(layout.onnx("mimic"), layout.calibration_set, layout.onnx("mimic", NX_VARIANT), options)
     build_stage(layout.onnx("mimic"), layout.engine("mimic", "fp32"))
     bench_stage([layout.engine("mimic", "fp32")], [layout.bench("mimic", "fp32")],
                 plan=BenchPlan(batch_sizes=(1, 8), duration_s=0.1))
@@ -166,13 +168,13 @@ def test_bundle_device_run_results_and_report(run_dir, tmp_path):
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     summary = (device / "results" / "summary.md").read_text()
-    assert "| mimic/int8-tensorrt | int8 | trtexec | 8 |" in summary
+    assert f"| mimic/{NX_VARIANT} | int8 | trtexec | 8 |" in summary
     assert "power_mode MAXN" in summary and "clocks_locked True" in summary  # from the fingerprint
 
     # on the workstation: check and place the results, then report
     assert main(["unbundle", str(device / "results.tar.gz"), "--out", str(run_dir.root / "devices" /
                                                                          "jetson-orin-nx")]) == 0  # fmt: skip
-    bench = json.loads((run_dir.root / "devices" / "jetson-orin-nx" / "mimic" / "bench" / "int8-tensorrt.json")
+    bench = json.loads((run_dir.root / "devices" / "jetson-orin-nx" / "mimic" / "bench" / f"{NX_VARIANT}.json")
                        .read_text())  # fmt: skip
     assert bench["engine"]["backend_version"] == "10.3.0" and bench["engine"]["target"] == "jetson-orin-nx"
     entry = bench["latency"][1]
@@ -180,7 +182,7 @@ def test_bundle_device_run_results_and_report(run_dir, tmp_path):
     assert entry["power"]["energy_per_image_mj"] == pytest.approx(
         entry["power"]["mean_power_mw"]["VDD_IN"] / entry["throughput_ips"], rel=1e-3)
     cached = json.loads((run_dir.root / "devices" / "jetson-orin-nx" / "mimic" / "trtexec" /
-                         "int8-tensorrt-trt10-cache" / "b1.layers.json").read_text())  # fmt: skip
+                         f"{NX_VARIANT}-trt10-cache" / "b1.layers.json").read_text())  # fmt: skip
     assert cached["Layers"]
     assert not list((run_dir.root / "devices" / "jetson-orin-nx").rglob("*.plan"))  # engines stay on the device
     assert main(["report", str(run_dir.root)]) == 0
@@ -190,7 +192,7 @@ def test_bundle_device_run_results_and_report(run_dir, tmp_path):
     assert "cpu b1 p50 ms" in header and "jetson-orin-nx b1 p50 ms" in header and "jetson-orin-nx mJ/image" in header
     fp32_row = next(line for line in table.splitlines() if line.startswith("| MimicNorm | fp32 |"))
     assert "n/a" not in fp32_row  # measured on both: the CPU here, the (fake) Jetson there
-    assert next(line for line in table.splitlines() if "| int8-tensorrt |" in line).count("n/a") == 2  # not on CPU
+    assert next(line for line in table.splitlines() if f"| {NX_VARIANT} |" in line).count("n/a") == 2  # not on CPU
 
 
 def test_device_script_refuses_a_non_jetson_and_a_damaged_bundle(tmp_path, run_dir):

@@ -57,3 +57,14 @@ def test_encodings_follow_the_target():
 def test_a_target_without_int8_is_not_calibrated_for():
     with pytest.raises(UserError, match="target 'torch-cpu' runs no INT8 .*calibrate for cpu or a TensorRT target"):
         encoding_for("torch-cpu")
+
+
+def test_targets_command_lists_every_target_with_its_backend_and_limits(capsys):
+    from mimicnorm_deploy.cli import main
+
+    assert main(["targets"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert list(rows) == list(TARGETS)
+    assert rows["cpu"][1:5] == ["onnxruntime", "cpu", "onnxruntime", "-"]
+    assert rows["jetson-orin-nano"][1:6] == ["tensorrt", "gpu", "tensorrt", "512", "MiB"]
+    assert "10.3.0," in rows["jetson-orin-nx-dla0"] and rows["jetson-orin-nx-dla0"][2] == "dla"
