@@ -629,8 +629,8 @@ def _cmd_targets(args: argparse.Namespace) -> None:
     rows = [("target", "backend", "device", "INT8 encoding", "workspace", "TensorRT", "description")]
     for t in TARGETS.values():
         workspace = f"{t.workspace_mib} MiB" if t.workspace_mib is not None else "-"
-        rows.append((t.name, t.backend, t.device, t.int8_encoding, workspace, ", ".join(t.tensorrt_versions) or "-",
-                     t.description))  # fmt: skip
+        versions = ", ".join(t.tensorrt_versions) or "-"
+        rows.append((t.name, t.backend, t.device, t.int8_encoding or "-", workspace, versions, t.description))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

@@ -142,7 +142,7 @@ def _from_report(report: dict, source: str, path: str) -> list[Measurement]:
 class PairRow:
     """Latency of `a` over `b` at one batch size."""
 
-    group: str  # what is compared: "MimicNorm vs BN-folded", "int8-per-channel vs fp32", "B vs A"
+    group: str  # what is compared: "MimicNorm vs BN-folded", "int8-per-channel.cpu vs fp32", "B vs A"
     a: Measurement
     b: Measurement
     batch_size: int

@@ -10,7 +10,7 @@ import numpy as np
 from engines.artifacts import write_json
 from engines.bench import LatencyResult
 from engines.schemas import BENCH, CALIBRATION, TRAIN_REPORT
-from mimicnorm_deploy.layout import TENSORRT_VARIANT, RunLayout
+from mimicnorm_deploy.layout import TENSORRT_VARIANT, VARIANTS, RunLayout
 
 SHAPE = ["batch", 1, 28, 28]
 ENVIRONMENT = {
@@ -48,7 +48,7 @@ def write_bench(path: Path, norm: str, variant: str, latencies: dict[int, np.nda
 
 
 def write_run(root: Path, *, scale_bn: float = 1.0, seed: int = 0, shape: list = SHAPE, session: str = "s1",
-              variants: tuple[str, ...] = ("fp32", "int8-per-channel"), with_model_files: bool = False) -> Path:
+              variants: tuple[str, ...] = ("fp32", VARIANTS[2]), with_model_files: bool = False) -> Path:
     """Bench JSONs for both norms (INT8 0.6x FP32's latency, BN `scale_bn` x MimicNorm's), and with
     `with_model_files` the train reports and calibration records `report` reads."""
     layout = RunLayout(root)

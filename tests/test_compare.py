@@ -11,7 +11,7 @@ def test_one_run_answers_the_products_questions(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     assert main(["compare", str(run), "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out
-    assert "## MimicNorm vs BN-folded" in out and "## int8-per-channel vs fp32" in out
+    assert "## MimicNorm vs BN-folded" in out and "## int8-per-channel.cpu vs fp32" in out
     pairs = json.loads((tmp_path / "c.json").read_text())["pairs"]
     twins = [p for p in pairs if p["group"] == "MimicNorm vs BN-folded"]
     assert len(twins) == 4  # 2 variants x 2 batch sizes
@@ -19,7 +19,7 @@ def test_one_run_answers_the_products_questions(tmp_path, capsys):
         assert pair["ratio"]["verdict"] == "no detectable difference"
         assert pair["ratio"]["low"] < 1 < pair["ratio"]["high"]
         assert pair["ratio"]["paired"] is True  # same session, same rounds
-    int8 = [p for p in pairs if p["group"] == "int8-per-channel vs fp32"]
+    int8 = [p for p in pairs if p["group"] == "int8-per-channel.cpu vs fp32"]
     assert int8 and all(p["ratio"]["verdict"] == "faster" for p in int8)
     assert all(p["ratio"]["low"] < 0.6 < p["ratio"]["high"] for p in int8)
 

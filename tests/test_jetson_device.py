@@ -223,7 +223,7 @@ def test_device_script_builds_with_the_tensorrt_backend(run_dir, tmp_path):
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TensorRT 10.3.0.30" in done.stderr  # the version came from the (fake) tensorrt module
-    for variant in ("fp32", "int8-tensorrt", "int8-tensorrt-trt10-cache", "fp16"):
+    for variant in ("fp32", NX_VARIANT, f"{NX_VARIANT}-trt10-cache", "fp16"):
         bench = json.loads((tmp_path / "results" / "mimic" / "bench" / f"{variant}.json").read_text())
         assert bench["engine"]["backend"] == "tensorrt" and bench["engine"]["target"] == "jetson-orin-nx"
         assert [e["batch_size"] for e in bench["latency"]] == [4]

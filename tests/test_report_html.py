@@ -8,6 +8,7 @@ import pytest
 from synthetic_runs import write_run
 
 from mimicnorm_deploy.cli import main
+from mimicnorm_deploy.layout import TENSORRT_VARIANT, VARIANTS
 from mimicnorm_deploy.report_html import SECTION_IDS
 
 CHROMIUM = shutil.which("chromium")
@@ -18,7 +19,7 @@ needs_chromium = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
-    run = write_run(tmp_path_factory.mktemp("run"), variants=("fp32", "int8-per-tensor", "int8-per-channel"),
+    run = write_run(tmp_path_factory.mktemp("run"), variants=VARIANTS,
                     with_model_files=True)  # fmt: skip
     out = run / "report"
     assert main(["report", str(run), "--out", str(out)]) == 0
@@ -43,8 +44,8 @@ def test_report_leads_with_the_twins_then_precisions_then_engines(report_dir):
 def test_tensorrt_artifacts_are_covered_with_accuracy_and_no_latency(report_dir):
     report = json.loads((report_dir / "report.json").read_text())
     files = {a["file"].rsplit("/", 1)[-1] for a in report["tensorrt_artifacts"]}
-    assert files == {"model.int8-tensorrt.onnx", "model.trt10.calib", "model.fp16.onnx"}
-    qdq = next(a for a in report["tensorrt_artifacts"] if a["file"].endswith("int8-tensorrt.onnx"))
+    assert files == {f"model.{TENSORRT_VARIANT}.onnx", f"model.{TENSORRT_VARIANT}.trt10.calib", "model.fp16.onnx"}
+    qdq = next(a for a in report["tensorrt_artifacts"] if a["file"].endswith(f"{TENSORRT_VARIANT}.onnx"))
     assert qdq["simulated_accuracy"] == pytest.approx(0.895)
     markdown = (report_dir / "report.md").read_text()
     assert markdown.count("not measured here") >= 6  # every TensorRT artifact of both models
