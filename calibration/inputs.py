@@ -75,3 +75,9 @@ def calibration_batch_images(
             f"and a multiple of {fixed_batch} images, or export with a dynamic batch axis"
         )
     return images.astype(np.float32, copy=False)
+
+
+def num_classes(model: onnx.ModelProto) -> int | None:
+    """The size of the model's first output's last axis (the logits), None when symbolic."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+    return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None

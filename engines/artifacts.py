@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -251,18 +252,86 @@ def save_image_set(path: str | os.PathLike, images: np.ndarray, labels: np.ndarr
 
 
 def load_image_set(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Return (float32 model inputs N x C x H x W, int64 labels or None)."""
+    """Return (float32 model inputs N x C x H x W, int64 labels or None); UserError on a malformed set."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{p}: no such image set; pass the .npz written by 'mimicnorm-deploy export'")
+        raise UserError(f"{p}: no such image set; pass the .npz written by 'mimicnorm-deploy prepare-data'")
+    if not zipfile.is_zipfile(p):
+        raise UserError(f"{p}: not an image set (not an .npz archive); {IMAGE_SET_HINT}")
     try:
         with np.load(p, allow_pickle=False) as data:
-            images, scale = data["images"], float(data["scale"])
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            missing = [key for key in ("images", "scale") if key not in data.files]
+            if missing:
+                raise ValueError(f"no {' or '.join(repr(k) for k in missing)} array")
+            images, scale = data["images"], data["scale"]
             labels = data["labels"] if "labels" in data.files else None
-    except (OSError, ValueError, KeyError) as exc:
+    # np.load reports a damaged archive as any of these (BadZipFile is neither OSError nor ValueError).
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{p}: not an image set ({exc}); {IMAGE_SET_HINT}") from None
+    _check_image_set(p, images, scale, labels)
+    images = images.astype(np.float32) * np.float32(scale)
+    return images, None if labels is None else labels.astype(np.int64)
+
+
+IMAGE_SET_HINT = "pass an .npz with uint8 'images' N x C x H x W, a scalar 'scale' and optional int 'labels'"
+
+
+def _check_image_set(p: Path, images: np.ndarray, scale: np.ndarray, labels: np.ndarray | None) -> None:
+    if images.dtype != np.uint8:
+        raise UserError(f"{p}: 'images' is {images.dtype}, not uint8; {IMAGE_SET_HINT}")
+    if images.ndim != 4 or 0 in images.shape:
+        raise UserError(f"{p}: image set is empty or not N x C x H x W (shape {images.shape}); {IMAGE_SET_HINT}")
+    if scale.shape not in ((), (1,)) or not np.issubdtype(scale.dtype, np.number):
+        raise UserError(f"{p}: 'scale' is {scale.dtype} of shape {scale.shape}, not a number; {IMAGE_SET_HINT}")
+    value = float(scale.reshape(()))
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{p}: 'scale' is {value}, not a positive finite number (1/255 for 8-bit pixels)")
+    if labels is None:
+        return
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{p}: 'labels' is {labels.dtype} of shape {labels.shape}, not N integers; {IMAGE_SET_HINT}")
+    if len(labels) != len(images):
+        raise UserError(f"{p}: {len(labels)} labels for {len(images)} images; give one label per image")
+    if labels.min() < 0:
+        raise UserError(f"{p}: negative label {labels.min()}; labels are class indices 0..classes-1")
+
+
+def check_images_fit(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    input_shape: Sequence[int | str | None],
+    model: str,
+    *,
+    num_classes: int | None = None,
+) -> None:
+    """Raise UserError unless an image set (N x C x H x W) fits a model input of `input_shape`
+    (ints for fixed dims, names or None for dynamic ones) and its labels fit `num_classes`.
+
+    The message names the file, the dimension, what it holds and what `model` expects, so a set
+    made for another model is refused before any work rather than failing inside a runtime."""
+    p = Path(path)
+    if len(input_shape) != 4:
+        raise UserError(f"{model}: input is not N x C x H x W (shape {tuple(input_shape)}); pass an image CNN")
+    for axis, name in enumerate(("batch", "channels", "height", "width")):
+        want = input_shape[axis]
+        if axis == 0 or not isinstance(want, int):
+            continue
+        got = images.shape[axis]
+        if got != want:
+            raise UserError(
+                f"{p}: images have {got} {name} ({_chw(images.shape)}) but {model} takes {want} "
+                f"({_chw(input_shape)}); pass an image set made for this model (prepare-data --image-size, "
+                "the same data set)"
+            )
+    if labels is not None and num_classes is not None and len(labels) and labels.max() >= num_classes:
         raise UserError(
-            f"{p}: not an image set ({exc}); pass an .npz with uint8 'images' and a 'scale'"
-        ) from None
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise UserError(f"{p}: image set is empty or not N x C x H x W (shape {images.shape}); re-export it")
-    return images.astype(np.float32) * np.float32(scale), labels
+            f"{p}: label {labels.max()} is out of range for {model}, which has {num_classes} classes; "
+            "pass the image set of the data set the model was trained on"
+        )
+
+
+def _chw(shape: Sequence[int | str | None]) -> str:
+    return " x ".join("?" if not isinstance(d, int) else str(d) for d in shape[1:]) + " C x H x W"

@@ -10,16 +10,28 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from engines.errors import UserError
-from engines.manifest import ENGINE_MANIFEST_NAME
+from engines.paths import StageIO
 
 
-def check_replaceable(engine_dir: Path) -> None:
-    """Replacing a directory deletes it: only do that to an engine or an empty directory."""
-    if engine_dir.is_file():
-        raise UserError(f"{engine_dir}: is a file; pass a directory path for the engine")
-    if engine_dir.is_dir() and any(engine_dir.iterdir()) and not (engine_dir / ENGINE_MANIFEST_NAME).is_file():
-        raise UserError(f"{engine_dir}: exists and is not an engine directory; pass a new or empty directory")
+def check_replaceable(engine_dir: Path, model_path: str | os.PathLike | None = None) -> None:
+    """Replacing a directory deletes it: only do that to an engine or an empty directory, never one
+    holding the model (engines.paths has the rules every stage follows)."""
+    restore_interrupted_swap(engine_dir)
+    hint = "pass the ONNX model (or checkpoint) to build the engine from"
+    io = StageIO("build")
+    if model_path is not None:
+        io.input_file(model_path, hint)
+    io.output_dir(engine_dir, "engine directory", replaces="engine directory")
+
+
+def restore_interrupted_swap(engine_dir: Path) -> None:
+    """A build killed between the two renames of _swap_into_place leaves the previous engine aside
+    under a hidden name and none in place: put it back before anything else."""
+    if engine_dir.exists():
+        return
+    retired = sorted(engine_dir.parent.glob(f".{engine_dir.name}.*.old"), key=lambda p: p.stat().st_mtime)
+    if retired and retired[-1].is_dir():
+        os.replace(retired[-1], engine_dir)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,29 @@ class EngineManifest:
         missing = [f.name for f in fields if f.name not in document and f.default is dataclasses.MISSING]
         if missing:
             raise UserError(f"{path}: engine manifest lacks {', '.join(missing)}; {REBUILD_HINT}")
+        _check_field_types(cls, document, path)
         return cls(**{f.name: document[f.name] for f in fields if f.name in document})
+
+
+# JSON types of the manifest's annotated fields; checked on read, as a hand-edited manifest with
+# the wrong type would otherwise fail deep inside a runner.
+_JSON_TYPES = {"str": str, "dict": dict, "list": list, "int": int, "float": (int, float), "bool": bool}
+
+
+def _check_field_types(cls: type, document: dict, path: Path) -> None:
+    for field in dataclasses.fields(cls):
+        if field.name not in document:
+            continue
+        annotation = str(field.type)
+        value = document[field.name]
+        expected = _JSON_TYPES.get(annotation.split("|")[0].split("[")[0].strip())
+        if value is None and "None" in annotation:
+            continue
+        wrong = expected is not None and (
+            not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool)
+        )
+        if wrong:
+            raise UserError(f"{path}: manifest field '{field.name}' is {value!r}, not {annotation}; {REBUILD_HINT}")
 
 
 def check_engine(

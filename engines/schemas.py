@@ -11,6 +11,7 @@ BENCH = ("mimicnorm-deploy/bench", 2)  # 2: raw samples, device timing lists, en
 REPORT = ("mimicnorm-deploy/report", 2)  # 2: ratios with bootstrap intervals, devices, TensorRT artifacts
 COMPARISON = ("mimicnorm-deploy/comparison", 1)  # compare --json: pairs with ratio intervals
 MEMORY_PROFILE = ("mimicnorm-deploy/memory-profile", 1)
+DATA_SOURCE = ("mimicnorm-deploy/data-source", 1)  # data/dataset.json: what prepare-data read (for train --data)
 TENSORRT_DLA_LAYERS = ("mimicnorm-deploy/tensorrt-dla-layers", 1)  # engine_dir/dla_layers.json: where each layer runs
 BUNDLE = ("mimicnorm-deploy/bundle", 1)  # bundle.json: a bundle's or a device results archive's files and engines
 GPU_CHECK = ("mimicnorm-deploy/gpu-check", 1)  # scripts/gpu_check.sh: every CUDA path with its figures

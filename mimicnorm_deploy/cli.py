@@ -16,13 +16,28 @@ from pathlib import Path
 from engines import DEFAULT_BACKEND
 from engines.bench import SWEEP_BATCH_SIZES, BenchPlan
 from engines.errors import UserError
+from engines.paths import StageIO
 from engines.registry import BACKENDS
 from engines.targets import DEFAULT_TARGET, TARGETS
+from mimicnorm_deploy.arguments import (
+    batch_sizes_or_sweep,
+    finite_float,
+    non_negative_float,
+    non_negative_float_list,
+    non_negative_int,
+    percentage_points,
+    percentile,
+    positive_float,
+    positive_int,
+    positive_int_list,
+    unit_interval,
+)
+from mimicnorm_deploy.failures import OneLineArgumentParser, run_cli
 from mimicnorm_deploy.latency_stats import TOLERANCE
 from mimicnorm_deploy.progress import ProgressPrinter
 
 # A bar redrawn in place on a terminal, plain lines in CI logs (mimicnorm_deploy.progress).
-_progress = ProgressPrinter(sys.stderr)
+_progress = ProgressPrinter()
 
 
 def _needs_torch() -> None:
@@ -37,21 +52,55 @@ def _needs_torch() -> None:
         )
 
 
+def _output(parser: argparse.ArgumentParser, *flags: str, kind: str, **kwargs) -> argparse.Action:
+    """An option naming something the command writes (`kind` "file" or "directory"); tagged so the
+    fuzz tests find every command's outputs."""
+    action = parser.add_argument(*flags, **kwargs)
+    action.output_kind = kind
+    return action
+
+
+DEFAULT_DATASET, DEFAULT_IMAGE_SIZE = "fashion-mnist", 32
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="fashion-mnist",
-                        help="fashion-mnist (default), cifar10, cifar100, imagefolder or synthetic")  # fmt: skip
+    # Defaults are None so that `train --data` can tell a flag given from one left out.
+    parser.add_argument("--dataset", help="fashion-mnist (default), cifar10, cifar100, imagefolder or synthetic")
     parser.add_argument("--data-dir", help="the data set's local directory: Fashion-MNIST's four IDX files (default "
                         "/usr/share/datasets/fashion-mnist, from Debian's dataset-fashion-mnist), CIFAR's python "
                         "batches, or an ImageFolder (one sub-directory per class)")  # fmt: skip
-    parser.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized and cropped to it")
+    parser.add_argument("--image-size", type=positive_int,
+                        help=f"ImageFolder images are resized and cropped to it (default {DEFAULT_IMAGE_SIZE})")
+
+
+def _data_source(args: argparse.Namespace) -> dict:
+    """The data set to read: from `--data` (prepare-data's record) or from the data flags."""
+    flags = {"dataset": args.dataset, "data_dir": args.data_dir, "image_size": args.image_size}
+    if getattr(args, "data", None) is None:
+        return {"dataset": args.dataset or DEFAULT_DATASET, "image_size": args.image_size or DEFAULT_IMAGE_SIZE,
+                "data_dir": None if args.data_dir is None else str(Path(args.data_dir).resolve())}  # fmt: skip
+    given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value is not None]
+    if given:
+        raise UserError(f"--data {args.data} already names the data set; drop {', '.join(given)}")
+    from mimicnorm_deploy.stages import read_data_source
+
+    record = read_data_source(args.data)
+    return {name: record[name] for name in flags}
+
+
+def _load_data(args: argparse.Namespace):
+    from mimicnorm_deploy.training.data import load_dataset
+
+    source = _data_source(args)
+    return load_dataset(source["dataset"], source["data_dir"], image_size=source["image_size"]), source
 
 
 def _models_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm", default="none", help="none (the frozen, deployed shape), mimic, bn, bn-revisited")
     p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--in-chans", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--input-size", type=positive_int, default=32)
+    p.add_argument("--in-chans", type=positive_int, default=1)
+    p.add_argument("--num-classes", type=positive_int, default=10)
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -67,84 +116,100 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 def _prepare_data_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
-    p.add_argument("--out", required=True, help="directory for calib.npz and test.npz")
-    p.add_argument("--calibration-count", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    _output(p, "--out", kind="directory", required=True, help="directory for calib.npz, the held-out split (test.npz, "
+            "or val.npz when it is a validation split) and dataset.json (what `train --data` reads)")  # fmt: skip
+    p.add_argument("--calibration-count", type=positive_int,
+                   help="calibration images sampled from the training split (default 512, or all when fewer)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def _cmd_prepare_data(args: argparse.Namespace) -> None:
     _needs_torch()
-    from mimicnorm_deploy.stages import prepare_data
-    from mimicnorm_deploy.training.data import load_dataset
+    from mimicnorm_deploy.stages import prepare_data, prepare_data_io
 
-    data = prepare_data(load_dataset(args.dataset, args.data_dir, image_size=args.image_size), args.out,
-                        calibration_count=args.calibration_count, seed=args.seed)  # fmt: skip
-    print(f"{data.calibration} ({data.calibration_images} images)\n{data.test} ({data.test_images} images)")
+    prepare_data_io(args.out)  # before the data set is read
+    dataset, source = _load_data(args)
+    data = prepare_data(dataset, args.out, calibration_count=args.calibration_count, seed=args.seed, source=source,
+                        progress=_progress)  # fmt: skip
+    held_out = {"test": "the test split", "val": "a validation split"}[data.test_split]
+    print(f"{data.calibration} ({data.calibration_images} images from the training split)\n"
+          f"{data.test} ({data.test_images} images, {held_out})")  # fmt: skip
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help="the --out directory of prepare-data: train on the data set it "
+                   "was prepared from (instead of repeating --dataset, --data-dir, --image-size)")  # fmt: skip
     _add_data_options(p)
     p.add_argument("--arch", default="resnet20")
     p.add_argument("--norm", default="mimic", help="mimic, bn, bn-revisited, bn-revisited-input-bn or none")
     p.add_argument("--stem", default="cifar", help="cifar (3x3, keeps resolution) or imagenet (downsampling)")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--batch-size", type=int, default=128, help="the global batch (split across torchrun ranks)")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup-epochs", type=float, default=0.3)
+    p.add_argument("--epochs", type=positive_float,
+                   help="default 2, more on a small training split (at least 200 steps; said when adjusted)")
+    p.add_argument("--batch-size", type=positive_int, help="the global batch (split across torchrun ranks); default "
+                   "128, smaller on a small training split (at least 8 steps per epoch; said when adjusted)")
+    p.add_argument("--lr", type=positive_float, default=0.1)
+    p.add_argument("--momentum", type=unit_interval, default=0.9)
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=0.3)
     p.add_argument("--schedule", default="cosine", help="cosine or step (x0.1 at each of --milestones)")
-    p.add_argument("--milestones", default="", help="epochs for the step schedule, e.g. 80,110,135")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--milestones", type=non_negative_float_list, default=(),
+                   help="epochs for the step schedule, e.g. 80,110,135")  # fmt: skip
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--amp", default="off", help="off, bf16 or fp16 (fp16 needs CUDA; adds a grad scaler)")
-    p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0 = off)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=non_negative_float, default=0.0, help="max gradient norm (0 = off)")
+    p.add_argument("--label-smoothing", type=unit_interval, default=0.0)
     p.add_argument("--sync-bn", default="off", help="under torchrun on GPUs: off, logits or all")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--no-augment", action="store_true", help="no random crop + flip")
-    p.add_argument("--augment-pad", type=int, default=2, help="random-crop padding in pixels")
+    p.add_argument("--augment-pad", type=non_negative_int, default=2, help="random-crop padding in pixels")
     p.add_argument("--augment-style", default="crop-flip",
                    help="crop-flip (CIFAR-style) or resized-crop (ImageNet-style random-resized crop, flip)")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split")
+    p.add_argument("--max-steps-per-epoch", type=non_negative_int, default=0, help="0 = the whole training split")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
-    p.add_argument("--out", required=True, help="output directory")
+    _output(p, "--out", kind="directory", required=True, help="output directory")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     _needs_torch()
-    from mimicnorm_deploy.stages import train_stage
-    from mimicnorm_deploy.training.data import load_dataset
+    from mimicnorm_deploy.stages import fit_to_data, train_io, train_stage
+    from mimicnorm_deploy.training.models import create_model
     from mimicnorm_deploy.training.train import TrainConfig
 
+    create_model(args.arch, norm=args.norm, stem=args.stem)  # fail fast on an unknown name, before loading data
+    train_io(args.out)
+    if args.resume:
+        from mimicnorm_deploy.training.train import train_state_path
+
+        train_state_path(args.out)  # an interrupted run to continue, before the data set is read
+    dataset, _ = _load_data(args)
+    batch_size, epochs, adjusted = fit_to_data(len(dataset.train_images), args.batch_size, args.epochs)
+    if adjusted:
+        _progress(adjusted)
     config = TrainConfig(
-        arch=args.arch, norm=args.norm, stem=args.stem, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        arch=args.arch, norm=args.norm, stem=args.stem, epochs=epochs, batch_size=batch_size, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        schedule=args.schedule, milestones=[float(m) for m in args.milestones.split(",") if m],
+        schedule=args.schedule, milestones=list(args.milestones),
         seed=args.seed, channels_last=not args.no_channels_last, augment=not args.no_augment,
         augment_pad=args.augment_pad, augment_style=args.augment_style, max_steps_per_epoch=args.max_steps_per_epoch,
         device=args.device,
         amp=args.amp, grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, sync_bn=args.sync_bn,
     )  # fmt: skip
-    from mimicnorm_deploy.training.models import create_model
-
-    create_model(args.arch, norm=args.norm, stem=args.stem)  # fail fast on an unknown name, before loading data
-    dataset = load_dataset(args.dataset, args.data_dir, image_size=args.image_size)
     result = train_stage(config, dataset, args.out, _progress, resume=args.resume)
-    print(f"{result.checkpoint}: test accuracy {100 * result.final_test_accuracy:.2f}%")
+    print(f"{result.checkpoint}: {dataset.test_split} accuracy {100 * result.final_test_accuracy:.2f}%")
 
 
 def _profile_memory_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--in-chans", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--batch", type=positive_int, default=128)
+    p.add_argument("--input-size", type=positive_int, default=32)
+    p.add_argument("--in-chans", type=positive_int, default=3)
+    p.add_argument("--num-classes", type=positive_int, default=10)
     p.add_argument("--stem", default="cifar")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--amp", default="off")
     p.add_argument("--norms", default="mimic,bn", help="two norms, the first divided by the second")
-    p.add_argument("--out", help="also write the result as JSON")
+    _output(p, "--out", kind="file", help="also write the result as JSON")
 
 
 def _cmd_profile_memory(args: argparse.Namespace) -> None:
@@ -156,6 +221,8 @@ def _cmd_profile_memory(args: argparse.Namespace) -> None:
     norms = tuple(args.norms.split(","))
     if len(norms) != 2:
         raise UserError(f"--norms takes two norms to compare, e.g. mimic,bn; got {args.norms!r}")
+    if args.out is not None:
+        StageIO("profile-memory").output_file(args.out, "memory profile")
     result = compare_memory(args.model, args.batch, args.input_size, args.in_chans, args.num_classes, args.device,
                             norms=norms, stem=args.stem, amp=args.amp)  # fmt: skip
     for norm, profile in result["norms"].items():
@@ -168,14 +235,14 @@ def _cmd_profile_memory(args: argparse.Namespace) -> None:
                      f"{mib['cuda_peak_reserved_bytes']:.1f} MiB, step p50 {profile['step_ms_p50']:.2f} ms")
         print(line)
     print(f"ratios {result['ratio_of']}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["ratios"].items()))
-    if args.out:
+    if args.out is not None:
         write_json(args.out, *MEMORY_PROFILE, result)
         print(f"written {args.out}")
 
 
 def _freeze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="frozen .safetensors")
+    _output(p, "--out", kind="file", required=True, help="frozen .safetensors")
     p.add_argument("--check-images", help="image set (.npz) for the equivalence check (default: random images)")
 
 
@@ -190,7 +257,7 @@ def _cmd_freeze(args: argparse.Namespace) -> None:
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("frozen")
-    p.add_argument("--out", required=True, help="output .onnx")
+    _output(p, "--out", kind="file", required=True, help="output .onnx")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -205,7 +272,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="FP32 .onnx from export")
     p.add_argument("--calib", required=True, help="calibration image set (.npz from prepare-data)")
-    p.add_argument("--out", required=True, help="output .onnx (beside it: .json record, .quality.md/.png, "
+    _output(p, "--out", kind="file", required=True, help="output .onnx (beside it: .json record, .quality.md/.png, "
                    ".ranges.json, and .plan.json when gated)")  # fmt: skip
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
     p.add_argument("--equalize", action="store_true",
@@ -217,20 +284,20 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
                    "`mimicnorm-deploy targets` lists them")  # fmt: skip
     p.add_argument("--method", default="minmax", help="activation ranges: minmax, percentile, mse or entropy "
                    "(TensorRT's EntropyCalibration2 algorithm)")  # fmt: skip
-    p.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--percentile", type=percentile, help="for --method percentile (default 99.99)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     gate = p.add_argument_group("mixed precision: the gate a plan must pass on held-out calibration images")
-    gate.add_argument("--max-top1-drop", type=float, metavar="POINTS",
+    gate.add_argument("--max-top1-drop", type=percentage_points, metavar="POINTS",
                       help="largest top-1 accuracy drop in percentage points (agreement with FP32 without labels)")
-    gate.add_argument("--min-logits-sqnr", type=float, metavar="DB", help="smallest logits SQNR against FP32")
-    gate.add_argument("--holdout", type=int, metavar="N", help="the last N calibration images measure the gate and "
-                      "are not used for ranges (default: a quarter of the set when gated)")  # fmt: skip
+    gate.add_argument("--min-logits-sqnr", type=finite_float, metavar="DB", help="smallest logits SQNR against FP32")
+    gate.add_argument("--holdout", type=non_negative_int, metavar="N", help="the last N calibration images measure "
+                      "the gate and are not used for ranges (default: a quarter of the set when gated)")  # fmt: skip
     gate.add_argument("--high-precision", choices=["fp16", "fp32"],
                       help="type of the layers moved out of INT8 (default: fp16 for TensorRT targets, fp32 for cpu)")
     extra = p.add_argument_group("more artifacts from the same ranges")
-    extra.add_argument("--trt-cache", help="TensorRT 10 calibration cache (same directory as --out)")
-    extra.add_argument("--fp16", help="pure FP16 ONNX model, refused if a constant or activation overflows FP16 "
-                       "(same directory as --out)")  # fmt: skip
+    _output(extra, "--trt-cache", kind="file", help="TensorRT 10 calibration cache (same directory as --out)")
+    _output(extra, "--fp16", kind="file", help="pure FP16 ONNX model, refused if a constant or activation "
+            "overflows FP16 (same directory as --out)")  # fmt: skip
     extra.add_argument("--fp16-io", default="fp32", choices=["fp32", "fp16"],
                        help="input and output type of the --fp16 model (default fp32, behind Casts)")
     p.add_argument("--eval", help="labelled image set (.npz) for the quality report's accuracy")
@@ -239,8 +306,6 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.stages import CalibrateOptions, calibrate_stage
 
-    if args.max_top1_drop is not None and not 0 <= args.max_top1_drop <= 100:
-        raise UserError(f"--max-top1-drop {args.max_top1_drop} is not in [0, 100] percentage points; pass e.g. 0.5")
     options = CalibrateOptions(
         per_channel=args.per_channel, target=args.target, method=args.method, percentile=args.percentile,
         batch_size=args.batch_size, holdout=args.holdout, high_precision=args.high_precision,
@@ -275,7 +340,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model")
-    p.add_argument("--out", required=True, help="engine directory")
+    _output(p, "--out", kind="directory", required=True, help="engine directory")
     p.add_argument("--backend", default=DEFAULT_BACKEND,
                    help=f"the runtime that builds and runs the engine (default {DEFAULT_BACKEND}): "
                    f"{', '.join(BACKENDS)}")  # fmt: skip
@@ -289,10 +354,10 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     trt.add_argument("--calibration-cache", help="TensorRT 10: the FP32 model's calibration cache from calibrate")
     trt.add_argument("--plan", help="precision plan JSON from calibrate (its FP16/FP32 layers are pinned)")
     for bound in ("min", "opt", "max"):
-        trt.add_argument(f"--{bound}-batch", type=int, help=f"optimization profile: {bound} batch size")
+        trt.add_argument(f"--{bound}-batch", type=positive_int, help=f"optimization profile: {bound} batch size")
     trt.add_argument("--timing-cache-dir", help="default ~/.cache/mimicnorm-deploy/tensorrt")
-    trt.add_argument("--workspace-mib", type=int, help="builder workspace cap (default: the target's)")
-    trt.add_argument("--optimization-level", type=int, dest="builder_optimization_level", help="0-5")
+    trt.add_argument("--workspace-mib", type=positive_int, help="builder workspace cap (default: the target's)")
+    trt.add_argument("--optimization-level", type=non_negative_int, dest="builder_optimization_level", help="0-5")
     trt.add_argument("--version-compatible", action="store_true", help="runs on later TensorRT of the same major")
     trt.add_argument("--hardware-compatibility", choices=["none", "ampere-plus", "same-compute-capability"])
     trt.add_argument("--cuda-graph", action="store_true", help="the runner replays inference as a CUDA graph")
@@ -332,14 +397,15 @@ def _cmd_build(args: argparse.Namespace) -> None:
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engines", nargs="+", metavar="ENGINE", help="engine directories; several are timed in "
                    "interleaved rounds, so their ratios are measured under the same conditions")  # fmt: skip
-    p.add_argument("--out", required=True, nargs="+", help="bench .json, one per engine")
+    _output(p, "--out", kind="file", required=True, nargs="+", help="bench .json, one per engine")
     p.add_argument("--eval", help="labelled image set (.npz) for accuracy")
     p.add_argument("--reference", help="FP32 engine directory: top-1 agreement and SQNR against it")
-    p.add_argument("--batch-sizes", default="1,64",
+    p.add_argument("--batch-sizes", type=batch_sizes_or_sweep, default=(1, 64),
                    help=f"comma-separated, or 'sweep' for {','.join(map(str, SWEEP_BATCH_SIZES))} up to what each "
                    "engine accepts")  # fmt: skip
-    p.add_argument("--duration", type=float, default=2.0, help="timed seconds per engine and batch size (all rounds)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 1 for one engine, 5 for several)")
+    p.add_argument("--duration", type=positive_float, default=2.0,
+                   help="timed seconds per engine and batch size (all rounds)")
+    p.add_argument("--rounds", type=positive_int, help="interleaved rounds (default 1 for one engine, 5 for several)")
     p.add_argument("--no-latency", action="store_true", help="accuracy only")
 
 
@@ -347,27 +413,26 @@ def _bench_plan(args: argparse.Namespace) -> BenchPlan | None:
     if args.no_latency:
         return None
     sweep = args.batch_sizes == "sweep"
-    try:
-        batch_sizes = SWEEP_BATCH_SIZES if sweep else tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise UserError(f"--batch-sizes {args.batch_sizes!r}: give sizes like 1,64 or 'sweep'") from None
+    batch_sizes = SWEEP_BATCH_SIZES if sweep else args.batch_sizes
     rounds = args.rounds if args.rounds is not None else (1 if len(args.engines) == 1 else 5)
     return BenchPlan(batch_sizes=batch_sizes, rounds=rounds, duration_s=args.duration, sweep=sweep)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.evaluate import engine_logits
-    from mimicnorm_deploy.stages import accuracy_stage, bench_stage
+    from mimicnorm_deploy.stages import accuracy_stage, bench_io, bench_stage, check_engine_images
 
     plan = _bench_plan(args)
     if len(args.out) != len(args.engines):
         raise UserError(f"{len(args.engines)} engines but {len(args.out)} --out paths; pass one bench .json per engine")
+    if args.reference is not None and args.eval is None:
+        raise UserError("--reference needs --eval: agreement is measured on the evaluation images")
+    bench_io(args.engines, args.out, eval_set=args.eval, reference=args.reference)
     reference = None
     if args.reference is not None:
-        if args.eval is None:
-            raise UserError("--reference needs --eval: agreement is measured on the evaluation images")
         from engines.artifacts import load_image_set
 
+        check_engine_images(args.reference, args.eval)
         reference = engine_logits(args.reference, load_image_set(args.eval)[0])
     scores = None
     if args.eval is not None:
@@ -395,10 +460,10 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", help="the input the others are compared against (default: the first)")
     p.add_argument("--html", help="also write the comparison as one self-contained HTML file")
     p.add_argument("--json", help="also write the comparison's pairs and intervals as JSON")
-    p.add_argument("--tolerance", type=float, default=100 * TOLERANCE, metavar="PCT",
+    p.add_argument("--tolerance", type=non_negative_float, default=100 * TOLERANCE, metavar="PCT",
                    help="a ratio whose interval stays within 1 +- PCT %% is no detectable difference (default "
                    f"{100 * TOLERANCE:.0f})")  # fmt: skip
-    p.add_argument("--fail-if-slower", type=float, metavar="PCT",
+    p.add_argument("--fail-if-slower", type=non_negative_float, metavar="PCT",
                    help="exit 1 if an engine is slower than in the baseline by more than PCT %% and the interval "
                    "lies above 1 (a CI regression gate)")  # fmt: skip
 
@@ -434,7 +499,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
-    p.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    _output(p, "--out", kind="directory", help="output directory (default RUN_DIR/report)")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -446,11 +511,11 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    _output(p, "--out", kind="directory", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--epochs", type=float, default=1.8)
+    p.add_argument("--epochs", type=positive_float, default=1.8)
     p.add_argument("--augment", action="store_true", help="random crop + flip (off: the demo's schedule is short)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")
 
 
@@ -458,7 +523,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _needs_torch()
     from mimicnorm_deploy.pipeline import DemoConfig, run_demo
 
-    config = DemoConfig(out=args.out, dataset=args.dataset, data_dir=args.data_dir, arch=args.arch,
+    StageIO("demo").output_dir(args.out, "run directory")  # each stage checks its own files as it goes
+    config = DemoConfig(out=args.out, dataset=args.dataset or DEFAULT_DATASET, data_dir=args.data_dir,
+                        image_size=args.image_size or DEFAULT_IMAGE_SIZE, arch=args.arch,
                         epochs=args.epochs, augment=args.augment, seed=args.seed, quick=args.quick)  # fmt: skip
     paths = run_demo(config, _progress)
     print(Path(paths["markdown"]).read_text())
@@ -470,13 +537,16 @@ def _bundle_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
     p.add_argument("--target", required=True, choices=list(TARGETS), metavar="TARGET",
                    help="the device the bundle is for (e.g. jetson-orin-nx); `calibrate --target` lists them")
-    p.add_argument("--out", required=True, help="bundle .tar.gz")
+    _output(p, "--out", kind="file", required=True, help="bundle .tar.gz")
     p.add_argument("--test-set", action="store_true", help="also carry the labelled test images (data/test.npz)")
 
 
 def _cmd_bundle(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.bundle import write_bundle
 
+    io = StageIO("bundle")
+    io.input_dir(args.run_dir, "pass a run directory (the demo's --out, or the stages' directories)")
+    io.output_file(args.out, "bundle")
     manifest = write_bundle(args.run_dir, args.target, args.out, test_set=args.test_set)
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     print(f"{args.out}: {len(manifest['files'])} files ({size / 2**20:.1f} MiB), "
@@ -487,12 +557,15 @@ def _cmd_bundle(args: argparse.Namespace) -> None:
 
 def _unbundle_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle")
-    p.add_argument("--out", required=True, help="new directory to extract into")
+    _output(p, "--out", kind="directory", required=True, help="new directory to extract into")
 
 
 def _cmd_unbundle(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.bundle import extract_bundle
 
+    io = StageIO("unbundle")
+    io.input_file(args.bundle, "pass a .tar.gz written by 'mimicnorm-deploy bundle' or 'pack-results'")
+    io.output_dir(args.out, "directory to extract into")
     manifest = extract_bundle(args.bundle, args.out)
     print(f"{args.out}: {len(manifest['files'])} files checked (sha256) for {manifest['target']['name']}")
     for engine in manifest["engines"]:
@@ -507,10 +580,11 @@ def _trtexec_arguments(p: argparse.ArgumentParser) -> None:
                    "oldest, JetPack 6's 10.3 on a Jetson); 11.x is always strongly typed")  # fmt: skip
     p.add_argument("--calib-cache", help="TensorRT 10 calibration cache for the FP32 model (implicit INT8)")
     p.add_argument("--plan", help="precision plan (.plan.json): its high-precision layers are pinned (TensorRT 10)")
-    p.add_argument("--batch-sizes", default="1,64", help="one engine and benchmark per batch size (default 1,64)")
+    p.add_argument("--batch-sizes", type=positive_int_list, default=(1, 64),
+                   help="one engine and benchmark per batch size (default 1,64)")
     p.add_argument("--out-dir", help="engines, logs and exports (default ARTIFACT without .onnx + .trtexec)")
     p.add_argument("--timing-cache", help="timing cache shared between builds (default OUT_DIR/timing.cache)")
-    p.add_argument("--write-script", metavar="PATH", help="write a bash script instead of printing the lines")
+    _output(p, "--write-script", kind="file", metavar="PATH", help="write a bash script instead of printing the lines")
 
 
 def _cmd_trtexec(args: argparse.Namespace) -> None:
@@ -520,7 +594,15 @@ def _cmd_trtexec(args: argparse.Namespace) -> None:
     from engines.targets import get_target
     from engines.tensorrt.trtexec import render_script, trtexec_lines
 
-    batch_sizes = _batch_sizes(args.batch_sizes)
+
+    io = StageIO("trtexec")
+    io.input_file(args.artifact, "pass the .onnx model trtexec is to build")
+    for extra in (args.calib_cache, args.plan):
+        if extra is not None:
+            io.input_file(extra, "pass the file calibrate wrote")
+    if args.write_script:
+        io.output_file(args.write_script, "script")
+    batch_sizes = args.batch_sizes
     out_dir = args.out_dir or str(Path(args.artifact).with_suffix("")) + ".trtexec"
     lines = trtexec_lines(args.artifact, get_target(args.target), out_dir, trt_version=args.trt_version,
                           batch_sizes=batch_sizes, calibration_cache=args.calib_cache, plan=args.plan,
@@ -534,27 +616,17 @@ def _cmd_trtexec(args: argparse.Namespace) -> None:
             print(shlex.join(["trtexec", *line]))
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"--batch-sizes {text!r} is not a list of positive integers; pass e.g. 1,64")
-    return sizes
-
-
 def _import_trtexec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--times", required=True, action="append", help="--exportTimes file (repeat: one per batch size)")
     p.add_argument("--log", action="append", help="trtexec's output for each --times, same order (GPU, TensorRT "
                    "version, batch shape, device memory)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, help="batch of a single --times file imported without its log")
+    p.add_argument("--batch-size", type=positive_int, help="batch of a single --times file imported without its log")
     p.add_argument("--profile", help="--exportProfile file: per-layer times")
     p.add_argument("--layers", help="--exportLayerInfo file: per-layer types and precisions")
     p.add_argument("--target", choices=list(TARGETS), metavar="TARGET", help="the target the engine was built for")
     p.add_argument("--fingerprint", action="store_true", help="trtexec ran on this machine: record its environment "
                    "(CPU, load, libraries, Jetson power mode and clocks) in the bench JSON")  # fmt: skip
-    p.add_argument("--out", required=True, help="bench .json")
+    _output(p, "--out", kind="file", required=True, help="bench .json")
 
 
 def _cmd_import_trtexec(args: argparse.Namespace) -> None:
@@ -562,7 +634,13 @@ def _cmd_import_trtexec(args: argparse.Namespace) -> None:
     from engines.schemas import BENCH
     from engines.trtexec_import import TrtexecRun, bench_record
 
+
     logs = args.log or []
+    io = StageIO("import-trtexec")
+    for path in [*args.times, *logs, *(p for p in (args.profile, args.layers) if p is not None)]:
+        io.input_file(path, "pass the file trtexec exported (--exportTimes, --exportProfile, --exportLayerInfo) "
+                      "or its saved output")  # fmt: skip
+    io.output_file(args.out, "bench record")
     if logs and len(logs) != len(args.times):
         raise UserError(f"{len(args.times)} --times but {len(logs)} --log; pass one --log per --times, same order")
     if args.batch_size is not None and len(args.times) > 1:
@@ -583,7 +661,7 @@ def _cmd_import_trtexec(args: argparse.Namespace) -> None:
 def _import_tegrastats_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", required=True, help="bench .json to update (its entry at --batch-size)")
     p.add_argument("--log", required=True, help="tegrastats output, sampled while the engine ran at --batch-size")
-    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--batch-size", type=positive_int, required=True)
 
 
 def _cmd_import_tegrastats(args: argparse.Namespace) -> None:
@@ -607,12 +685,15 @@ def _cmd_import_tegrastats(args: argparse.Namespace) -> None:
 def _pack_results_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results_dir", help="<norm>/bench/<variant>.json files, logs and device facts")
     p.add_argument("--target", required=True, choices=list(TARGETS), metavar="TARGET")
-    p.add_argument("--out", required=True, help="results .tar.gz")
+    _output(p, "--out", kind="file", required=True, help="results .tar.gz")
 
 
 def _cmd_pack_results(args: argparse.Namespace) -> None:
     from mimicnorm_deploy.device_results import SUMMARY_NAME, pack_results
 
+    io = StageIO("pack-results")
+    io.input_dir(args.results_dir, "pass the directory holding <norm>/bench/<variant>.json")
+    io.output_file(args.out, "results archive")
     manifest = pack_results(args.results_dir, args.target, args.out)
     print(Path(args.results_dir, SUMMARY_NAME).read_text(), end="")
     print(f"{args.out}: {len(manifest['files'])} files; on the workstation: mimicnorm-deploy unbundle {args.out} "
@@ -682,26 +763,29 @@ COMMANDS = [
 ]  # fmt: skip
 
 
+DEBUG_HELP = "print the traceback of a failure above its one-line error (to report a bug)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimicnorm-deploy", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="mimicnorm-deploy", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_arguments(sub.add_parser(command.name, help=command.help))
+        # default SUPPRESS: `--debug` after the command must not reset the one given before it.
+        sub.choices[command.name].add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                               help=DEBUG_HELP)  # fmt: skip
         sub.choices[command.name].set_defaults(func=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        status = args.func(args)  # None, or a command's own exit status (compare's regression gate)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return status or 0
+    """Run one command; exit status 0 (or the command's own, e.g. compare's regression gate), 2 (bad input, one
+    `error:` line), 130 (interrupted) or 70 (a bug: one `error: internal error` line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Known before parsing, so even a failure inside argparse's own machinery honours it.
+    debug = "--debug" in argv
+    return run_cli(lambda: build_parser().parse_args(argv), debug)
 
 
 if __name__ == "__main__":

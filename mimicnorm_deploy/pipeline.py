@@ -48,7 +48,8 @@ class DemoConfig:
     augment: bool = False
     batch_size: int = 128
     lr: float = 0.1
-    calibration_count: int = 512
+    calibration_count: int | None = None  # 512, or every training image when there are fewer
+    image_size: int = 32  # ImageFolder images are resized to it
     bench_seconds: float = 2.0  # timed seconds per engine and batch size, over all rounds
     bench_rounds: int = 5
     seed: int = 0
@@ -62,20 +63,23 @@ def run_demo(config: DemoConfig, progress: Progress = print) -> dict[str, Path]:
 
     started = time.perf_counter()
     layout = RunLayout(Path(config.out))
-    dataset = load_dataset(config.dataset, config.data_dir)
-    data = prepare_data(dataset, layout.data_dir, calibration_count=config.calibration_count, seed=config.seed)
+    dataset = load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
+    data = prepare_data(dataset, layout.data_dir, calibration_count=config.calibration_count, seed=config.seed,
+                        progress=progress)  # fmt: skip
+    held_out = Path(data.test)  # test.npz, or val.npz for a validation split
     progress(f"data: {data.calibration_images} calibration images (training split), {data.test_images} test images")
     timed: list[tuple[Path, Path, dict]] = []  # (engine, bench JSON, accuracy) of every engine to time
     for norm in NORMS_COMPARED:
         _train_freeze_export(config, dataset, layout, norm, progress)
-        _calibrate_variants(layout, norm, progress)
-        timed += _build_and_score(layout, norm, progress)
+        _calibrate_variants(layout, norm, held_out, progress)
+        timed += _build_and_score(layout, norm, held_out, progress)
     # Every engine of both models in the same interleaved rounds: each ratio the report prints
     # compares engines measured under the same conditions.
     plan = _bench_plan(config)
     engines, outs, scores = zip(*timed, strict=True)
     progress(f"bench: {len(engines)} engines in {plan.rounds} interleaved rounds, batch sizes {list(plan.batch_sizes)}")
-    bench_stage(engines, outs, plan=plan, accuracy=scores, eval_set=layout.test_set, progress=progress)
+    bench_stage(engines, outs, plan=plan, accuracy=scores, eval_set=held_out, progress=progress)
+
     paths = write_report(layout.root)
     progress(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; report: {paths['markdown']}")
     return paths
@@ -103,24 +107,26 @@ def _train_freeze_export(config: DemoConfig, dataset, layout: RunLayout, norm: s
     progress(f"[{norm}] exported {layout.onnx(norm)}")
 
 
-def _calibrate_variants(layout: RunLayout, norm: str, progress: Progress) -> None:
+def _calibrate_variants(layout: RunLayout, norm: str, held_out: Path, progress: Progress) -> None:
     """The CPU variants, with their quality reports on the test split, and what a TensorRT target needs."""
     for recipe in CPU_RECIPES:
         variant = variant_name(recipe, DEFAULT_TARGET)
         options = CalibrateOptions(per_channel=recipe == "int8-per-channel", target=DEFAULT_TARGET,
-                                   eval_set=str(layout.test_set))  # fmt: skip
+                                   eval_set=str(held_out))  # fmt: skip
         record = calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, variant), options)
         encoding = record["encoding"]
         progress(f"[{norm}] calibrated {variant} for this CPU ({encoding['activations']} activations, "
                  f"reduce_range={encoding['reduce_range']})")  # fmt: skip
     tensorrt = CalibrateOptions(per_channel=True, target=TENSORRT_TARGET, trt_cache=str(layout.tensorrt_cache(norm)),
-                                fp16=str(layout.onnx(norm, FP16_VARIANT)), eval_set=str(layout.test_set))  # fmt: skip
+                                fp16=str(layout.onnx(norm, FP16_VARIANT)), eval_set=str(held_out))  # fmt: skip
     calibrate_stage(layout.onnx(norm), layout.calibration_set, layout.onnx(norm, TENSORRT_VARIANT), tensorrt)
     progress(f"[{norm}] TensorRT artifacts: {layout.onnx(norm, TENSORRT_VARIANT)} (TensorRT 11 Q/DQ), "
              f"{layout.tensorrt_cache(norm)} (TensorRT 10 cache), {layout.onnx(norm, FP16_VARIANT)} (FP16)")
 
 
-def _build_and_score(layout: RunLayout, norm: str, progress: Progress) -> list[tuple[Path, Path, dict]]:
+def _build_and_score(
+    layout: RunLayout, norm: str, held_out: Path, progress: Progress
+) -> list[tuple[Path, Path, dict]]:
     """ONNX Runtime engines of the CPU variants, scored against the FP32 engine's logits (each INT8
     variant again with Q/DQ simulated, accuracy only); returns the engines to time."""
     timed = []
@@ -129,7 +135,7 @@ def _build_and_score(layout: RunLayout, norm: str, progress: Progress) -> list[t
         precision = "fp32" if variant == "fp32" else "int8"
         options = backend_options("onnxruntime", precision=precision)
         build_stage(layout.onnx(norm, variant), layout.engine(norm, variant), options=options)
-        score, logits = accuracy_stage(layout.engine(norm, variant), layout.test_set, reference_logits,
+        score, logits = accuracy_stage(layout.engine(norm, variant), held_out, reference_logits,
                                        progress=lambda msg, tag=f"[{norm}] {variant}": progress(f"{tag} {msg}"))
         timed.append((layout.engine(norm, variant), layout.bench(norm, variant), score))
         if variant == "fp32":
@@ -138,8 +144,8 @@ def _build_and_score(layout: RunLayout, norm: str, progress: Progress) -> list[t
             simulated = variant + SIMULATED_SUFFIX
             simulate = backend_options("onnxruntime", precision=precision, graph_optimization="disabled")
             build_stage(layout.onnx(norm, variant), layout.engine(norm, simulated), options=simulate)
-            simulated_score, _ = accuracy_stage(layout.engine(norm, simulated), layout.test_set, reference_logits)
+            simulated_score, _ = accuracy_stage(layout.engine(norm, simulated), held_out, reference_logits)
             bench_stage([layout.engine(norm, simulated)], [layout.bench(norm, simulated)],
-                        accuracy=[simulated_score], eval_set=layout.test_set)  # fmt: skip
+                        accuracy=[simulated_score], eval_set=held_out)  # fmt: skip
         progress(f"[{norm}] {variant}: test accuracy {100 * score['accuracy']:.2f}%")
     return timed

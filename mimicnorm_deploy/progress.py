@@ -36,9 +36,17 @@ class ProgressPrinter:
     """A `progress(message)` callable for the CLI; `is_tty` defaults to whether `stream` is a terminal."""
 
     def __init__(self, stream: TextIO | None = None, is_tty: bool | None = None):
-        self.stream = stream if stream is not None else sys.stderr
-        self.is_tty = self.stream.isatty() if is_tty is None else is_tty
+        self._stream, self._is_tty = stream, is_tty
         self._open_width = 0  # characters of the status line being redrawn; 0 when none is open
+
+    @property
+    def stream(self) -> TextIO:
+        # No stream given: whatever sys.stderr is when a message comes (tests and callers redirect it).
+        return self._stream if self._stream is not None else sys.stderr
+
+    @property
+    def is_tty(self) -> bool:
+        return self.stream.isatty() if self._is_tty is None else self._is_tty
 
     def __call__(self, message: str) -> None:
         count = last_count(message) if self.is_tty else None

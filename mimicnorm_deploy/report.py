@@ -16,8 +16,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from engines.artifacts import atomic_write_text, now_utc, read_json, write_json
+from engines.artifacts import atomic_write_text, now_utc, read_json, staged_files, write_json
 from engines.errors import UserError
+from engines.paths import StageIO
 from engines.schemas import BENCH, CALIBRATION, REPORT, TRAIN_REPORT
 from mimicnorm_deploy.compare import Measurement, PairRow, describe_environment, load_measurements, within_run_pairs
 from mimicnorm_deploy.device_results import DEVICES_DIR, device_sections, render_device_table
@@ -273,7 +274,9 @@ def _precisions_markdown(report: dict[str, Any]) -> list[str]:
 def _engines_markdown(report: dict[str, Any]) -> list[str]:
     lines = [
         "", "## Engines in detail (this machine)", "",
-        "Accuracy on the test split; *simulated* runs Q/DQ as float ops (graph optimizations off). Latency in ms, "
+        "Accuracy on the test split; *simulated* runs Q/DQ as float ops (graph optimizations off; n/a: no "
+        "`build --simulate` engine was benched into `bench/<variant>-simulated.json`, see the README's own-images "
+        "section). Latency in ms, "
         "SingleStream (each query after the previous returns); host latency only where the backend has no device "
         "timing.", "",
         "| model | engine | acc % | simulated acc % | top-1 agree % | SQNR dB | b1 p50 | b1 p90 | b1 p99 | b64 p50 "
@@ -342,14 +345,36 @@ def _training_markdown(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
+
+
+def report_io(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[StageIO, Path]:
+    """The run directory read and the report directory written (default RUN_DIR/report)."""
+    io = StageIO("report")
+    io.input_dir(run_dir, "pass a run directory written by 'mimicnorm-deploy demo' (or the stages)")
+    out = io.output_dir(out_dir if out_dir is not None else RunLayout(Path(run_dir)).report_dir, "report directory")
+    for name in REPORT_FILES.values():
+        io.output_file(out / name, "report")
+    return io, out
+
+
 def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     from mimicnorm_deploy.report_html import render_html
 
-    report = build_report(run_dir)
-    out = Path(out_dir) if out_dir is not None else RunLayout(Path(run_dir)).report_dir
-    measurements = _measurements(RunLayout(Path(run_dir)))
-    return {
-        "json": write_json(out / "report.json", *REPORT, report),
-        "markdown": atomic_write_text(out / "report.md", render_markdown(report)),
-        "html": atomic_write_text(out / "report.html", render_html(report, measurements)),
-    }
+    _, out = report_io(run_dir, out_dir)
+    # The run's JSON files passed their schema check but may have been edited by hand: a field of the
+    # wrong type or missing surfaces here, while reading or rendering them, before anything is written.
+    try:
+        report = build_report(run_dir)
+        markdown = render_markdown(report)
+        html = render_html(report, _measurements(RunLayout(Path(run_dir))))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UserError(
+            f"{run_dir}: a train report or bench record is malformed ({type(exc).__name__}: {exc}); "
+            "re-run the stage that wrote it"
+        ) from None
+    with staged_files(out) as staging:
+        write_json(staging / REPORT_FILES["json"], *REPORT, report)
+        atomic_write_text(staging / REPORT_FILES["markdown"], markdown)
+        atomic_write_text(staging / REPORT_FILES["html"], html)
+    return {kind: out / name for kind, name in REPORT_FILES.items()}

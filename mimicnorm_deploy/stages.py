@@ -8,6 +8,7 @@ stages that need them, so `calibrate`, `build`, `bench` and `report` run on a Je
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ import numpy as np
 
 from engines import DEFAULT_BACKEND
 from engines.artifacts import (
+    check_images_fit,
     load_image_set,
     read_json,
     record_artifact,
@@ -28,11 +30,18 @@ from engines.artifacts import (
 )
 from engines.bench import BenchPlan
 from engines.errors import UserError
+from engines.paths import StageIO
 from engines.precision_plan import Gate
-from engines.schemas import BENCH, CALIBRATION
+from engines.schemas import BENCH, CALIBRATION, DATA_SOURCE
 from engines.targets import DEFAULT_TARGET, get_target
 
 Progress = Callable[[str], None]
+# Where each input comes from, for the one-line errors about a wrong path.
+FROM_PREPARE_DATA = "pass an image set (.npz) written by 'mimicnorm-deploy prepare-data'"
+FROM_TRAIN = "pass the checkpoint.safetensors written by 'mimicnorm-deploy train'"
+FROM_FREEZE = "pass the frozen .safetensors written by 'mimicnorm-deploy freeze'"
+FROM_EXPORT = "pass the FP32 .onnx written by 'mimicnorm-deploy export'"
+FROM_BUILD = "pass an engine directory written by 'mimicnorm-deploy build'"
 
 
 def _record(path: str | os.PathLike, stage: str, inputs: list[str | os.PathLike], params: dict[str, Any]) -> None:
@@ -52,23 +61,115 @@ def _verified(path: str | os.PathLike) -> Path:
 @dataclass
 class PreparedData:
     calibration: str
-    test: str
+    test: str  # test.npz, or val.npz when the held-out split is a validation split
     calibration_images: int
     test_images: int
+    test_split: str  # "test" or "val"
 
 
-def prepare_data(dataset, out_dir: str | os.PathLike, *, calibration_count: int = 512, seed: int = 0) -> PreparedData:
-    """Write the deterministic calibration sample (training split) and the labelled test split."""
+DATA_SOURCE_FILE = "dataset.json"
+DEFAULT_CALIBRATION_COUNT = 512
+HELD_OUT_SPLITS = ("test", "val")
+
+
+def prepare_data(
+    dataset,
+    out_dir: str | os.PathLike,
+    *,
+    calibration_count: int | None = None,
+    seed: int = 0,
+    source: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> PreparedData:
+    """Write the deterministic calibration sample (training split), the labelled held-out split
+    (`test.npz`, or `val.npz` when it is a validation split) and, with `source` (the data set's
+    name, directory and image size), the record `train --data` reads them from.
+
+    `calibration_count` None takes the default 512, or every training image when there are fewer
+    (said through `progress`); an explicit count larger than the training split is refused."""
     from mimicnorm_deploy.training.data import calibration_indices
 
     out = Path(out_dir)
-    index = calibration_indices(len(dataset.train_images), calibration_count, seed)
+    prepare_data_io(out)
+    count = _calibration_count(calibration_count, len(dataset.train_images), progress)
+    index = calibration_indices(len(dataset.train_images), count, seed)
     calib = save_image_set(out / "calib.npz", dataset.train_images[index], dataset.train_labels[index], 1 / 255)
-    test = save_image_set(out / "test.npz", dataset.test_images, dataset.test_labels, 1 / 255)
+    test = save_image_set(out / f"{dataset.test_split}.npz", dataset.test_images, dataset.test_labels, 1 / 255)
     params = {"dataset": dataset.name, "calibration_count": len(index), "seed": seed, "split": "train"}
     _record(calib, "prepare-data", [], params)
-    _record(test, "prepare-data", [], {"dataset": dataset.name, "split": "test"})
-    return PreparedData(str(calib), str(test), len(index), len(dataset.test_images))
+    _record(test, "prepare-data", [], {"dataset": dataset.name, "split": dataset.test_split})
+    if source is not None:
+        record = {**source, "classes": list(dataset.classes), "train_images": len(dataset.train_images),
+                  "held_out_split": dataset.test_split, "held_out_images": len(dataset.test_images)}  # fmt: skip
+        _record(write_json(out / DATA_SOURCE_FILE, *DATA_SOURCE, record), "prepare-data", [], {})
+    return PreparedData(str(calib), str(test), len(index), len(dataset.test_images), dataset.test_split)
+
+
+def _calibration_count(requested: int | None, num_train: int, progress: Progress | None) -> int:
+    if requested is not None and requested > num_train:
+        raise UserError(f"--calibration-count {requested} is more than the {num_train} training images; "
+                        f"pass {num_train} or fewer")  # fmt: skip
+    if requested is None and num_train < DEFAULT_CALIBRATION_COUNT:
+        if progress is not None:
+            progress(f"adjusted: --calibration-count {DEFAULT_CALIBRATION_COUNT} -> {num_train} (all the training "
+                     "images; pass --calibration-count to choose)")  # fmt: skip
+        return num_train
+    return requested or DEFAULT_CALIBRATION_COUNT
+
+
+def prepare_data_io(out_dir: str | os.PathLike) -> StageIO:
+    """prepare-data's outputs, checked before the data set is read."""
+    io = StageIO("prepare-data")
+    out = io.output_dir(out_dir, "data directory")
+    for name in ("calib.npz", *(f"{split}.npz" for split in HELD_OUT_SPLITS), DATA_SOURCE_FILE):
+        io.output_file(out / name, "prepared data")
+    return io
+
+
+def read_data_source(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """What `prepare-data` recorded about its images (data set, directory, image size), for `train --data`."""
+    io = StageIO("train")
+    directory = io.input_dir(data_dir, "pass the --out directory of 'mimicnorm-deploy prepare-data'")
+    record = read_json(_verified(directory / DATA_SOURCE_FILE), *DATA_SOURCE)
+    fields = {"dataset": str, "data_dir": (str, type(None)), "image_size": int}
+    for name, kind in fields.items():
+        if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
+            raise UserError(f"{directory / DATA_SOURCE_FILE}: '{name}' is {record.get(name)!r}; re-run prepare-data")
+    return record
+
+
+# Small data sets: fewer steps than these per epoch / in all would leave the default schedule
+# barely trained (an ImageFolder of 120 images at batch 128 is one step per epoch).
+MIN_STEPS_PER_EPOCH = 8
+MIN_TOTAL_STEPS = 200
+MIN_BATCH = 8
+
+
+def fit_to_data(
+    num_train: int, batch_size: int | None, epochs: float | None, *, default_batch: int = 128,
+    default_epochs: float = 2.0,
+) -> tuple[int, float, str | None]:
+    """The batch size and epochs to train with, and a one-line note of what was adjusted.
+
+    Values the user gave are kept. Defaults shrink for a small training split: the batch to the
+    largest power of two giving MIN_STEPS_PER_EPOCH steps (at least MIN_BATCH, at most the split), the epochs up to
+    MIN_TOTAL_STEPS optimizer steps."""
+    changes = []
+    batch = batch_size if batch_size is not None else default_batch
+    if batch_size is None and num_train < default_batch * MIN_STEPS_PER_EPOCH:
+        batch = min(num_train, max(MIN_BATCH, 2 ** int(math.log2(max(num_train // MIN_STEPS_PER_EPOCH, 1)))))
+        if batch != default_batch:
+            changes.append(f"--batch-size {default_batch} -> {batch}")
+    steps_per_epoch = max(1, math.ceil(num_train / batch))
+    chosen_epochs = epochs if epochs is not None else default_epochs
+    if epochs is None and default_epochs * steps_per_epoch < MIN_TOTAL_STEPS:
+        chosen_epochs = float(math.ceil(MIN_TOTAL_STEPS / steps_per_epoch))
+        changes.append(f"--epochs {default_epochs:g} -> {chosen_epochs:g}")
+    if not changes:
+        return batch, chosen_epochs, None
+    note = (f"adjusted for {num_train} training images: {', '.join(changes)} ({steps_per_epoch} steps per epoch, "
+            f"{math.ceil(chosen_epochs * steps_per_epoch)} in all); pass them to choose")  # fmt: skip
+    return batch, chosen_epochs, note
 
 
 # --- train / freeze / export (torch) -------------------------------------------------------------
@@ -86,6 +187,7 @@ def train_stage(config, dataset, out_dir: str | os.PathLike, progress: Progress 
         train,
     )
 
+    train_io(out_dir)
     result = train(config, dataset, out_dir, progress, resume_from=out_dir if resume else None)
     if is_main_process():
         for name in (CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE, TRAIN_STATE_FILE):
@@ -93,13 +195,34 @@ def train_stage(config, dataset, out_dir: str | os.PathLike, progress: Progress 
     return result
 
 
+def train_io(out_dir: str | os.PathLike) -> StageIO:
+    """train's outputs, checked before the data set is read (a resumed run replaces its own files)."""
+    from mimicnorm_deploy.training.train import CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE, TRAIN_STATE_FILE
+
+    io = StageIO("train")
+    out = io.output_dir(out_dir, "run directory")
+    for name in (CHECKPOINT_FILE, METRICS_FILE, TRAIN_REPORT_FILE, TRAIN_STATE_FILE):
+        io.output_file(out / name, "training output")
+    return io
+
+
 def freeze_stage(checkpoint: str | os.PathLike, out_path: str | os.PathLike, check_images: str | None = None):
+    from mimicnorm_deploy.training.checkpoint import read_checkpoint_meta
     from mimicnorm_deploy.training.freeze import freeze_checkpoint
 
+    io = StageIO("freeze")
+    io.input_file(checkpoint, FROM_TRAIN)
+    if check_images is not None:
+        io.input_file(check_images, FROM_PREPARE_DATA)
+    io.output_file(out_path, "frozen checkpoint")
+    meta = read_checkpoint_meta(_verified(checkpoint))
     images = None
     if check_images is not None:
-        images = load_image_set(_verified(check_images))[0][:256]
-    report = freeze_checkpoint(_verified(checkpoint), out_path, images)
+        images, labels = load_image_set(_verified(check_images))
+        check_images_fit(check_images, images, labels, (None, meta.in_chans, meta.image_size, meta.image_size),
+                         f"checkpoint {checkpoint}", num_classes=meta.num_classes)  # fmt: skip
+        images = images[:256]
+    report = freeze_checkpoint(checkpoint, out_path, images)
     inputs = [checkpoint] + ([check_images] if check_images else [])
     _record(out_path, "freeze", inputs, {"equivalence": asdict(report)})
     return report
@@ -108,6 +231,9 @@ def freeze_stage(checkpoint: str | os.PathLike, out_path: str | os.PathLike, che
 def export_stage(frozen: str | os.PathLike, out_path: str | os.PathLike):
     from mimicnorm_deploy.training.export import export_onnx
 
+    io = StageIO("export")
+    io.input_file(frozen, FROM_FREEZE)
+    io.output_file(out_path, "ONNX model")
     report = export_onnx(_verified(frozen), out_path)
     _record(out_path, "export", [frozen], asdict(report))
     return report
@@ -247,10 +373,47 @@ def equalize_stage(model: str | os.PathLike, out_path: str | os.PathLike):
     and what was equalized."""
     from calibration.equalize import write_equalized_model
 
+    io = StageIO("equalize")
+    io.input_file(model, FROM_EXPORT)
+    io.output_file(out_path, "equalized model")
     result = write_equalized_model(_verified(model), out_path)
     _record(out_path, "equalize", [model], {"pairs": len(result.pairs), "sweeps": result.sweeps,
                                             "skipped": result.skipped})  # fmt: skip
     return Path(out_path), result
+
+
+def calibrate_io(
+    model: str | os.PathLike, calibration_set: str | os.PathLike, out_path: str | os.PathLike, options: CalibrateOptions
+) -> StageIO:
+    """Everything calibrate reads and writes, checked before any work: no product may replace an
+    input or another product."""
+    from engines.trt_cache import sidecar_path
+
+    io = StageIO("calibrate")
+    io.input_file(model, FROM_EXPORT)
+    io.input_file(calibration_set, FROM_PREPARE_DATA)
+    if options.eval_set is not None:
+        io.input_file(options.eval_set, FROM_PREPARE_DATA)
+    out = io.output_file(out_path, "calibrated model")
+    for suffix in (".json", ".ranges.json", ".quality.md", ".quality.png") + ((".plan.json",) if options.gated else ()):
+        io.output_file(out.with_suffix(suffix), f"{suffix} beside --out")
+    if options.trt_cache is not None:
+        cache = io.output_file(_beside(options.trt_cache, out, "TensorRT cache"), "TensorRT cache")
+        io.output_file(sidecar_path(cache), "TensorRT cache sidecar")
+    if options.fp16 is not None:
+        io.output_file(_beside(options.fp16, out, "FP16 model"), "FP16 model")
+    return io
+
+
+def _check_image_sets(model: str | os.PathLike, sets: list[str | os.PathLike]) -> None:
+    """Each image set fits the model's input and its labels the model's classes, before any work."""
+    from calibration.inputs import image_input, load_fp32_model, num_classes
+
+    onnx_model = load_fp32_model(Path(model))
+    _, dims = image_input(onnx_model, Path(model))
+    for image_set in sets:
+        images, labels = load_image_set(_verified(image_set))
+        check_images_fit(image_set, images, labels, dims, f"model {model}", num_classes=num_classes(onnx_model))
 
 
 def calibrate_stage(
@@ -279,8 +442,10 @@ def calibrate_stage(
     high_precision = options.high_precision or encoding.high_precision
     if options.fp16_io not in ("fp32", "fp16"):
         raise UserError(f"FP16 model input/output type {options.fp16_io!r} is not fp32 or fp16")
-    trt_cache = None if options.trt_cache is None else _beside(options.trt_cache, out, "TensorRT cache")
-    fp16 = None if options.fp16 is None else _beside(options.fp16, out, "FP16 model")
+    calibrate_io(model, calibration_set, out, options)
+    trt_cache = None if options.trt_cache is None else Path(options.trt_cache)
+    fp16 = None if options.fp16 is None else Path(options.fp16)
+    _check_image_sets(model, [calibration_set] + ([options.eval_set] if options.eval_set else []))
     images, labels = load_image_set(_verified(calibration_set))
     split = _split_holdout(images, labels, options)
     equalization = None  # options checked first: bad ones write nothing
@@ -340,7 +505,37 @@ def build_stage(
     """An engine directory built by `backend` (engines.registry) with its `options` (None: defaults)."""
     from engines import build_engine
 
+    # The builder checks its paths (engines.engine_dir.check_replaceable, through engines.paths).
     return build_engine(_verified(model), engine_dir, backend=backend, options=options)
+
+
+def bench_io(
+    engine_dirs: Sequence[str | os.PathLike],
+    out_paths: Sequence[str | os.PathLike],
+    *,
+    eval_set: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+) -> StageIO:
+    """bench's inputs (engine directories are read as a whole: nothing may be written inside) and outputs."""
+    io = StageIO("bench")
+    for engine_dir in [*engine_dirs, *([reference] if reference is not None else [])]:
+        io.input_dir(engine_dir, FROM_BUILD, artifact=True)
+    if eval_set is not None:
+        io.input_file(eval_set, FROM_PREPARE_DATA)
+    for out_path in out_paths:
+        io.output_file(out_path, "bench record")
+    return io
+
+
+def check_engine_images(engine_dir: str | os.PathLike, image_set: str | os.PathLike) -> None:
+    """The image set fits the engine's input and its labels the engine's classes."""
+    from engines import load_runner
+
+    images, labels = load_image_set(_verified(image_set))
+    with load_runner(engine_dir) as runner:
+        image_input, logits = runner.inputs[0], runner.outputs[0]
+    classes = logits.shape[-1] if logits.shape and isinstance(logits.shape[-1], int) else None
+    check_images_fit(image_set, images, labels, image_input.shape, f"engine {engine_dir}", num_classes=classes)
 
 
 def engine_labels(engine_dir: str | os.PathLike) -> dict[str, str]:
@@ -370,6 +565,8 @@ def accuracy_stage(
     where given). Returns the score and the engine's logits, so an FP32 engine's can be the reference."""
     from mimicnorm_deploy.evaluate import engine_logits, score_logits
 
+    bench_io([engine_dir], [], eval_set=eval_set)
+    check_engine_images(engine_dir, eval_set)
     images, labels = load_image_set(_verified(eval_set))
 
     def report_batch(done: int, total: int) -> None:
@@ -397,6 +594,7 @@ def bench_stage(
 
     if len(engine_dirs) != len(out_paths):
         raise UserError(f"{len(engine_dirs)} engines but {len(out_paths)} output paths; pass one --out per engine")
+    bench_io(engine_dirs, out_paths, eval_set=eval_set)
     scores = list(accuracy) if accuracy is not None else [None] * len(engine_dirs)
     if plan is not None:
         measured = bench_engines(engine_dirs, plan, progress=progress)

@@ -148,7 +148,8 @@ def test_cli_top1_drop_is_in_percentage_points(workdir, capsys):
     assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(tmp / "q.onnx"),
                  "--max-top1-drop", "150"]) == 2  # fmt: skip
     assert capsys.readouterr().err.strip() == (
-        "error: --max-top1-drop 150.0 is not in [0, 100] percentage points; pass e.g. 0.5"
+        "error: argument --max-top1-drop: 150 is not in [0, 100] percentage points (0.5 = half a point); "
+        "see 'mimicnorm-deploy calibrate --help'"
     )
     assert not (tmp / "q.onnx").exists()
 

@@ -50,7 +50,7 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     Runtime loads it with these options, and write the manifest. Nothing is left on failure."""
     model_path, engine_dir = Path(model_path), Path(engine_dir)
     _check_options(options)
-    check_replaceable(engine_dir)
+    check_replaceable(engine_dir, model_path)
     model = load_onnx(model_path, load_external_data=False, check=False)  # ONNX Runtime's load is the check
     found = graph_precision(model)
     if options.precision is not None and found != options.precision:

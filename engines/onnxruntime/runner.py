@@ -12,9 +12,21 @@ from engines.base import Runner, TensorMeta
 from engines.cpu import cpu_device, cpu_fingerprint
 from engines.errors import UserError
 from engines.manifest import EngineManifest, check_engine
-from engines.onnxruntime.session import create_session, tensor_meta
+from engines.onnxruntime.session import GRAPH_OPTIMIZATION_LEVELS, create_session, tensor_meta
 
 BACKEND = "onnxruntime"
+
+
+def _check_session_options(options: dict, engine_dir: Path) -> None:
+    # They come from a manifest on disk, which may have been edited: checked, not trusted.
+    level, threads = options.get("graph_optimization", "all"), options.get("intra_op_threads")
+    unknown = set(options) - {"graph_optimization", "intra_op_threads"}
+    threads_ok = threads is None or (type(threads) is int and threads > 0)
+    if unknown or not isinstance(level, str) or level not in GRAPH_OPTIMIZATION_LEVELS or not threads_ok:
+        raise UserError(
+            f"{engine_dir}: session options {options} are not valid (graph_optimization one of "
+            f"{', '.join(GRAPH_OPTIMIZATION_LEVELS)}, intra_op_threads a positive integer or null); rebuild the engine"
+        )
 
 
 class OnnxRuntimeRunner(Runner):
@@ -27,6 +39,7 @@ class OnnxRuntimeRunner(Runner):
             )
         check_engine(self.manifest, self.engine_dir, cpu_fingerprint(cpu_device()), backend_version=ort.__version__)
         self.model_path = self.engine_dir / self.manifest.engine_file
+        _check_session_options(self.manifest.backend_options, self.engine_dir)
         self._session: ort.InferenceSession | None = None
         self._inputs: list[TensorMeta] = []
         self._outputs: list[TensorMeta] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines.artifacts import atomic_write_bytes, now_utc, sha256_file, write_json
-from engines.engine_dir import staged_engine_dir
+from engines.engine_dir import check_replaceable, staged_engine_dir
 from engines.errors import UserError
 from engines.manifest import EngineManifest
 from engines.precision_plan import PrecisionPlan
@@ -61,6 +61,7 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     """Build `model_path` for `options.target` into `engine_dir` (replacing an engine there)."""
     options = options or Options()
     target = check_options(options)
+    check_replaceable(Path(engine_dir), model_path)  # before TensorRT is even looked for
     inputs = read_build_inputs(model_path, options)
     require_tensorrt()
     import tensorrt as trt

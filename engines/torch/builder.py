@@ -39,7 +39,7 @@ def build_engine(
     options = options or Options()
     options.validate()
     device = resolve_device(options.device)
-    check_replaceable(engine_dir)
+    check_replaceable(engine_dir, model_path)
     meta = read_frozen_meta(model_path)
     with staged_engine_dir(engine_dir) as staging:
         staged_model = staging / ENGINE_MODEL_FILE

@@ -41,6 +41,9 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     classes: list[str]
+    # What the held-out split is: "test" (the data set's own test split, or an ImageFolder's test/)
+    # or "val" (an ImageFolder's val/, or images held out of the training folders at random).
+    test_split: str = "test"
 
     @property
     def in_chans(self) -> int:
@@ -279,7 +282,8 @@ def load_image_folder(
         test_files = [(path, classes.index(test_classes[label])) for path, label in test_files]
     train_images, train_labels = _decode_images(train_files, image_size)
     test_images, test_labels = _decode_images(test_files, image_size)
-    return Dataset("imagefolder", train_images, train_labels, test_images, test_labels, classes)
+    split = test_root.name if test_root is not None else "val"
+    return Dataset("imagefolder", train_images, train_labels, test_images, test_labels, classes, test_split=split)
 
 
 def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
