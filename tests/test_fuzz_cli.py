@@ -469,7 +469,8 @@ def test_unparseable_command_lines(ws, data):
     else:
         args += junk.split()
     line = assert_refused(ws, args)
-    assert "--help" in line
+    if junk == "--no-such-option" or command not in COMMANDS:
+        assert "--help" in line  # argparse's own complaint (extra words may be taken by a nargs="+" argument)
 
 
 def test_help_still_prints_the_usage():
