@@ -7,7 +7,7 @@ with bias, no BN, no residual scalars, no logits BN):
   several scalars, e.g. a projection shortcut's, need no special case), the logits BatchNorm1d
   folded into the Linear.
 - BN twins: classic BatchNorm2d folding into the preceding conv.
-- Hidden Linear layers (VGG's classifier) carry no norm and are copied unchanged.
+- Hidden Linear layers (a classifier with hidden layers) carry no norm and are copied unchanged.
 - Input normalization stays one scale-shift (Mul + Add in ONNX): every stem here zero-pads its
   input, and zero padding of normalized pixels is not zero padding of raw pixels, so folding it
   into the stem would be wrong at the borders. An input BatchNorm (bn-revisited-input-bn) folds
