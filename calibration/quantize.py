@@ -10,10 +10,12 @@ and reach quantize_static as its calibration cache, so ORT runs no calibration o
 every activation scale it writes is amax / 127 of the chosen method.
 
 Where the Q/DQ pairs go depends on who runs the model (PLACEMENTS):
-- "tensorrt": the inputs and weights of Conv/Gemm/MatMul and both inputs of every residual Add
-  (an Add of two activations), nothing on any output. That is the pattern TensorRT fuses: it
-  carries a scale across Relu and pooling itself, and fuses a residual Add into the Conv before it
-  only with Q/DQ on both of the Add's inputs (docs/TENSORRT.md section 2).
+- "tensorrt": the inputs and weights of Conv/Gemm/MatMul and the skip input of every residual Add
+  (an Add of two activations; both inputs where no Conv feeds either, `qdq.residual_branch_inputs`),
+  nothing on any output. That is the pattern TensorRT fuses: it carries a scale across Relu and
+  pooling itself, and fuses Conv + residual Add (+ Relu) into one kernel when the branch input
+  stays unquantized, rounding the sum once (docs/TENSORRT.md section 2: the placement NVIDIA's
+  Model Optimizer writes).
 - "onnxruntime": ORT's own placement, Q/DQ on the inputs and outputs of every op it knows, the
   DQ -> op -> Q node units its CPU kernels fuse into QLinearConv and friends (with uint8
   activations ORT fuses the tensorrt placement as well: docs/BENCHMARKS.md section 4.1). Two ORT rules
@@ -43,6 +45,7 @@ from calibration.qdq import (
     dangling_qdq,
     qdq_zero_point_violations,
     quantizable_layers,
+    residual_branch_inputs,
     tensorrt_placement_violations,
 )
 from calibration.ranges import DEFAULT_PERCENTILE, ActivationRanges, calibrate_ranges, check_method
@@ -161,6 +164,8 @@ def write_qdq_model(
     )
     extra_options = {**ORT_EXTRA_OPTIONS, "ActivationSymmetric": symmetric}
     placement_options: dict = {}
+    # Inputs to give back their float tensor after ORT has written Q/DQ (None: all of a node's inputs).
+    float_inputs: dict[str, set[int] | None] = dict.fromkeys(nodes_to_exclude)
     if placement == "tensorrt":
         excluded = set(nodes_to_exclude)
         chosen = [node.name for node in quantizable_layers(model) if node.name not in excluded]
@@ -168,6 +173,7 @@ def write_qdq_model(
             raise UserError(f"{path}: every quantizable layer is excluded; leave at least one in INT8")
         placement_options = {"op_types_to_quantize": TENSORRT_QUANTIZED_OPS, "nodes_to_quantize": chosen}
         extra_options["OpTypesToExcludeOutputQuantization"] = TENSORRT_QUANTIZED_OPS
+        float_inputs.update(_residual_branch_float_inputs(model, excluded))
 
     with (
         tempfile.TemporaryDirectory(prefix="mimicnorm-qdq.") as tmp_dir,
@@ -200,8 +206,8 @@ def write_qdq_model(
             **placement_options,
         )
         quantized = onnx.load(str(tmp))
-        if nodes_to_exclude:
-            _feed_float_inputs(quantized, set(nodes_to_exclude))
+        if float_inputs:
+            _feed_float_inputs(quantized, float_inputs)
             onnx.save(quantized, tmp)
         # Only the symmetric encoding promises zero points of 0 (TensorRT's requirement).
         violations = qdq_zero_point_violations(quantized) if symmetric else []
@@ -239,17 +245,33 @@ def _check_output_path(model_path: str | os.PathLike, output_path: str | os.Path
         raise UserError(f"{output_path}: output would overwrite the FP32 input model; pass another output path")
 
 
-def _feed_float_inputs(model: onnx.ModelProto, node_names: set[str]) -> None:
-    """Give the named nodes their float inputs back, and drop the Q/DQ pairs nothing reads any more.
+def _residual_branch_float_inputs(model: onnx.ModelProto, excluded: set[str]) -> dict[str, set[int]]:
+    """The branch input of every quantized residual Add, which TensorRT's placement leaves float.
+
+    ORT quantizes both inputs of an Add. TensorRT fuses Conv + Add (+ Relu) into one INT8 kernel
+    when only the skip input carries Q/DQ; the branch then stays in the Conv's accumulator and is
+    rounded once, at the fused output. Q/DQ on the branch too would force a separate INT8 Add
+    (NVIDIA, TensorRT Developer Guide, "Q/DQ Layer-Placement Recommendations").
+    """
+    branches = residual_branch_inputs(model)
+    return {name: {index} for name, index in branches.items() if index is not None and name not in excluded}
+
+
+def _feed_float_inputs(model: onnx.ModelProto, float_inputs: dict[str, set[int] | None]) -> None:
+    """Give the named nodes their float inputs back (the listed input indices, or all of them for
+    None), and drop the Q/DQ pairs nothing reads any more.
 
     ORT leaves an excluded node's weights float but still feeds it the dequantized copy of an
     activation that it shares with quantized consumers, so the layer would see INT8 rounding.
     """
     producers = {output: node for node in model.graph.node for output in node.output}
     for node in model.graph.node:
-        if node.name not in node_names:
+        if node.name not in float_inputs:
             continue
+        indices = float_inputs[node.name]
         for index, name in enumerate(node.input):
+            if indices is not None and index not in indices:
+                continue
             dequantize = producers.get(name)
             if dequantize is None or dequantize.op_type != "DequantizeLinear":
                 continue

@@ -9,7 +9,13 @@ from tiny_onnx import make_tiny_resnet, random_images
 
 import calibration.quantize
 from calibration.metrics import sqnr_db, top1_agreement
-from calibration.qdq import count_qdq, dangling_qdq, qdq_zero_point_violations, tensorrt_placement_violations
+from calibration.qdq import (
+    count_qdq,
+    dangling_qdq,
+    qdq_zero_point_violations,
+    residual_branch_inputs,
+    tensorrt_placement_violations,
+)
 from calibration.quantize import QuantizeConfig, quantize_int8, write_qdq_model
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
@@ -56,7 +62,8 @@ def test_quantized_model_is_valid_and_close_to_fp32(fp32_model, images, tmp_path
     model = onnx.load(result.output_path)
     onnx.checker.check_model(model, full_check=True)
     counts = count_qdq(model)
-    assert counts["QuantizeLinear"] >= 4 and counts["DequantizeLinear"] > counts["QuantizeLinear"]
+    # activations x_norm, r1 (read by conv2 and the residual Add as its skip input), flat; three weights
+    assert counts == {"QuantizeLinear": 3, "DequantizeLinear": 6}
     assert result.num_calibration_images == 64
     assert {"conv1", "conv2", "fc", "residual_add"} <= set(result.quantized_nodes)
     assert result.config["per_channel"] is False and result.config["extra_options"]["ActivationSymmetric"] is True
@@ -415,25 +422,59 @@ def test_uint8_activations_for_onnx_runtime_on_x86(tmp_path):
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_tensorrt_placement_quantizes_layer_inputs_and_both_residual_inputs_only(fp32_model, images, tmp_path,
-                                                                                 per_channel):  # fmt: skip
+def test_tensorrt_placement_quantizes_layer_inputs_and_the_residual_skip_only(fp32_model, images, tmp_path,
+                                                                             per_channel):  # fmt: skip
     result = write_qdq_model(fp32_model, calibrate_ranges(fp32_model, images), tmp_path / "q.onnx",
                              per_channel=per_channel)  # fmt: skip
     model = onnx.load(result.output_path)
     onnx.checker.check_model(model, full_check=True)
-    # conv1 reads x_norm, conv2 and the residual Add read r1, the Add also c2, fc reads flat: nothing else,
-    # no output of any layer (c1, res, logits), not the input scale-shift (images, x_scaled)
-    assert set(result.activation_scales) == {"x_norm", "r1", "c2", "flat"}
+    # conv1 reads x_norm, conv2 and the residual Add's skip input read r1, fc reads flat: nothing else,
+    # not the Add's branch input c2 (fused into conv2), no output of any layer (c1, res, logits), not the
+    # input scale-shift (images, x_scaled)
+    assert set(result.activation_scales) == {"x_norm", "r1", "flat"}
     assert tensorrt_placement_violations(model) == [] and dangling_qdq(model) == []
     assert qdq_zero_point_violations(model) == []
     producers = {output: node for node in model.graph.node for output in node.output}
     nodes = {node.name: node for node in model.graph.node}
     for name in ("conv1", "conv2", "fc"):
         assert [producers[t].op_type for t in nodes[name].input[:2]] == ["DequantizeLinear"] * 2, name
-    assert [producers[t].op_type for t in nodes["residual_add"].input] == ["DequantizeLinear"] * 2
+    assert list(nodes["residual_add"].input) == ["c2", "r1_DequantizeLinear_Output"]
     assert nodes["input_shift"].input[0] == "x_scaled" and nodes["relu1"].input[0] == "c1"
     assert set(result.quantized_nodes) == {"conv1", "conv2", "residual_add", "fc"}
     assert sqnr_db(run(fp32_model, images), run(result.output_path, images, int8_kernels=False)) > 25
+
+
+def _add_graph(branch_ops: list[str], skip_ops: list[str]) -> onnx.ModelProto:
+    """x -> Relu -> two paths -> Add: each path a chain of "conv" (3x3 Conv) and "relu" steps."""
+    initializers = [numpy_helper.from_array(np.full((1, 1, 1, 1), 0.5, np.float32), "w")]
+    nodes = [helper.make_node("Relu", ["x"], ["start"], name="start")]
+    ends = []
+    for path, ops in (("branch", branch_ops), ("skip", skip_ops)):
+        tensor = "start"
+        for index, op in enumerate(ops):
+            name = f"{path}{index}"
+            inputs = [tensor, "w"] if op == "conv" else [tensor]
+            nodes.append(helper.make_node("Conv" if op == "conv" else "Relu", inputs, [name], name=name))
+            tensor = name
+        ends.append(tensor)
+    nodes.append(helper.make_node("Add", ends, ["sum"], name="add"))
+    graph = helper.make_graph(nodes, "add", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("sum", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              initializers)  # fmt: skip
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize(
+    ("branch_ops", "skip_ops", "expected"),
+    [
+        (["conv", "relu", "conv"], [], 0),  # identity skip: the Conv-fed input is the branch
+        (["conv", "relu", "conv"], ["conv"], 0),  # shortcut Conv: the longer path is the branch
+        (["conv"], ["conv", "relu", "conv"], 1),  # the same, inputs swapped
+        (["conv", "relu"], ["relu"], None),  # no Conv feeds either input: both are quantized
+    ],
+)
+def test_residual_branch_is_the_conv_fed_input_on_the_longer_path(branch_ops, skip_ops, expected):
+    assert residual_branch_inputs(_add_graph(branch_ops, skip_ops)) == {"add": expected}
 
 
 def test_placement_checks_catch_what_tensorrt_would_not_fuse(fp32_model, images, tmp_path):
@@ -446,11 +487,19 @@ def test_placement_checks_catch_what_tensorrt_would_not_fuse(fp32_model, images,
 
     model = onnx.load(write_qdq_model(fp32_model, ranges, tmp_path / "trt.onnx").output_path)
     nodes = {node.name: node for node in model.graph.node}
-    one_sided = onnx.ModelProto.FromString(model.SerializeToString())
-    add = next(node for node in one_sided.graph.node if node.name == "residual_add")
-    add.input[0] = "c2"  # the Conv's float output: only the skip input stays quantized
-    assert tensorrt_placement_violations(one_sided) == ["residual_add: residual Add with only one input quantized"]
-    assert any("read by nothing" in v for v in dangling_qdq(one_sided))  # c2's pair now feeds nothing
+    # Q/DQ on the branch input too (the old placement) is what keeps TensorRT from fusing conv2 + Add
+    both_sides = onnx.ModelProto.FromString(model.SerializeToString())
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "c2_scale")
+    zero_point = numpy_helper.from_array(np.array(0, np.int8), "c2_zero_point")
+    both_sides.graph.initializer.extend([scale, zero_point])
+    add_index = next(i for i, node in enumerate(both_sides.graph.node) if node.name == "residual_add")
+    both_sides.graph.node.insert(add_index, helper.make_node(
+        "DequantizeLinear", ["c2_q", "c2_scale", "c2_zero_point"], ["c2_dq"], name="c2_dq"))  # fmt: skip
+    both_sides.graph.node.insert(add_index, helper.make_node(
+        "QuantizeLinear", ["c2", "c2_scale", "c2_zero_point"], ["c2_q"], name="c2_q"))  # fmt: skip
+    both_sides.graph.node[add_index + 2].input[0] = "c2_dq"
+    violations = tensorrt_placement_violations(both_sides)
+    assert len(violations) == 1 and violations[0].startswith("residual_add: residual Add must quantize its skip input")
 
     float_weight = onnx.ModelProto.FromString(model.SerializeToString())
     conv = next(node for node in float_weight.graph.node if node.name == "conv1")
