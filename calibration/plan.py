@@ -7,6 +7,12 @@ The layers are `qdq.quantizable_layers`: every Conv/Gemm/MatMul with a weight, a
 2. The planner starts from all layers in INT8 and moves the most sensitive layer to the high
    precision type, one at a time, until the held-out images pass the gate (top-1 drop and/or
    logits SQNR against the FP32 model); each move is recorded with its reason.
+   A top-1 gate is only as fine as its hold-out: one image is 1/N of top-1, and with no image lost
+   the 95 % upper bound of the true loss is still 3/N (the "rule of three", Hanley & Lippman-Hand
+   1983). So a gate of t needs at least 3/t held-out images (600 for half a point); a smaller
+   hold-out is refused, since any single flipped image would move layers for noise. The top-1
+   drop is the paired difference on the same images (images the plan loses minus images it gains,
+   over N); the plan records both counts and the gate's resolution.
 3. `write_mixed_model` writes the plan as a Q/DQ model whose high-precision layers read float
    activations and weights: FP32 (CPU targets), or FP16 (GPU targets: everything but the Q/DQ
    nodes in FP16, `fp16.convert_qdq_fp16`). The gate is measured on exactly that model.
@@ -26,14 +32,23 @@ import onnx
 
 from calibration.fp16 import convert_fp16, convert_qdq_fp16
 from calibration.inputs import calibration_batch_images, image_input, load_fp32_model
-from calibration.metrics import accuracy, sqnr_db, top1_agreement
+from calibration.metrics import sqnr_db
 from calibration.qdq import quantizable_layers
 from calibration.quantize import QuantizeResult, write_qdq_model
 from calibration.ranges import ActivationRanges, images_sha256
 from engines.artifacts import atomic_path, sha256_file
 from engines.errors import UserError
 from engines.onnxruntime.session import run_model
-from engines.precision_plan import HIGH_PRECISIONS, Gate, GateResult, LayerSensitivity, Move, PrecisionPlan, qdq_options
+from engines.precision_plan import (
+    HIGH_PRECISIONS,
+    Gate,
+    GateResult,
+    LayerSensitivity,
+    Move,
+    PrecisionPlan,
+    gate_resolution,
+    qdq_options,
+)
 
 # message(text): one line per step of the planner (sensitivity of each layer, each move).
 PlanProgress = Callable[[str], None]
@@ -90,7 +105,7 @@ def plan_precision(
     images whose top-1 class changes. Raises UserError when even the all-high-precision model
     fails the gate (FP16 can; FP32 cannot).
     """
-    gate.check()
+    gate.check(len(holdout_images))
     if high_precision not in HIGH_PRECISIONS:
         raise UserError(f"high precision {high_precision!r} is not one of {', '.join(HIGH_PRECISIONS)}")
     model = _planned_model(model_path, ranges)
@@ -146,6 +161,8 @@ def plan_precision(
         placement=placement,
         high_precision=high_precision,
         gate=gate,
+        holdout_images=len(holdout_images),
+        gate_resolution=None if gate.max_top1_drop is None else gate_resolution(len(holdout_images)),
         layers=layers,
         sensitivity=sensitivity,
         moved=moved,
@@ -214,17 +231,22 @@ def _logits(model_path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
 
 
 def _gate_result(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None, gate: Gate) -> GateResult:
+    reference_top1, top1 = reference.argmax(axis=1), logits.argmax(axis=1)
     if labels is not None:
-        drop = accuracy(reference, labels) - accuracy(logits, labels)
+        lost = int(np.sum((reference_top1 == labels) & (top1 != labels)))
+        gained = int(np.sum((reference_top1 != labels) & (top1 == labels)))
     else:
-        drop = 1.0 - top1_agreement(reference, logits)
+        lost, gained = int(np.sum(reference_top1 != top1)), 0
+    drop = (lost - gained) / len(reference)
     sqnr = sqnr_db(reference, logits)
     passed = (gate.max_top1_drop is None or drop <= gate.max_top1_drop) and (
         gate.min_logits_sqnr_db is None or sqnr >= gate.min_logits_sqnr_db
     )
-    return GateResult(top1_drop=drop, logits_sqnr_db=sqnr, passed=passed)
+    return GateResult(top1_drop=drop, logits_sqnr_db=sqnr, passed=passed, images=len(reference),
+                      images_lost=lost, images_gained=gained)  # fmt: skip
 
 
 def _describe(result: GateResult) -> str:
     verdict = "passes" if result.passed else "fails"
-    return f"top-1 drop {result.top1_drop:.4f}, logits SQNR {result.logits_sqnr_db:.1f} dB ({verdict})"
+    return (f"top-1 drop {result.top1_drop:.4f} ({result.images_lost} images lost, {result.images_gained} gained of "
+            f"{result.images}), logits SQNR {result.logits_sqnr_db:.1f} dB ({verdict})")  # fmt: skip

@@ -12,7 +12,7 @@ from calibration.plan import layer_sensitivity, plan_precision, write_mixed_mode
 from calibration.qdq import count_qdq, qdq_zero_point_violations, quantizable_layers, tensorrt_placement_violations
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
-from engines.precision_plan import Gate, PrecisionPlan
+from engines.precision_plan import Gate, PrecisionPlan, holdout_needed
 
 OUTLIER = 1000.0  # how much larger the planted layer's dead weights are
 
@@ -124,7 +124,7 @@ def test_planner_moves_only_the_planted_layer(planted, tmp_path, high_precision)
 
 def test_plan_json_round_trip(planted, tmp_path):
     path, ranges, holdout = planted
-    plan = plan_precision(path, ranges, holdout, Gate(max_top1_drop=0.0, min_logits_sqnr_db=30))
+    plan = plan_precision(path, ranges, holdout, Gate(max_top1_drop=0.05, min_logits_sqnr_db=30))
     assert PrecisionPlan.load(plan.save(tmp_path / "plan.json")) == plan
     assert plan.high_precision_nodes == ["conv1"]
 
@@ -135,8 +135,31 @@ def test_gate_with_labels_measures_the_accuracy_drop(planted, tmp_path):
     gate = Gate(max_top1_drop=0.05, min_logits_sqnr_db=30)
     plan = plan_precision(path, ranges, holdout, gate, holdout_labels=labels)
     write_mixed_model(path, plan, ranges, tmp_path / "mixed.onnx")
-    expected = accuracy(run(path, holdout), labels) - accuracy(run(tmp_path / "mixed.onnx", holdout), labels)
+    reference, mixed = run(path, holdout), run(tmp_path / "mixed.onnx", holdout)
+    expected = accuracy(reference, labels) - accuracy(mixed, labels)
     assert plan.result.top1_drop == pytest.approx(expected)
+    # the paired counts behind it: images FP32 gets right and the plan wrong, and the reverse
+    fp32_right, plan_right = reference.argmax(1) == labels, mixed.argmax(1) == labels
+    assert plan.result.images_lost == np.sum(fp32_right & ~plan_right)
+    assert plan.result.images_gained == np.sum(~fp32_right & plan_right)
+    assert plan.result.images == plan.holdout_images == 96
+    assert plan.gate_resolution == pytest.approx(3 / 96)
+
+
+@pytest.mark.parametrize(("max_top1_drop", "needed"), [(0.005, 600), (0.01, 300), (0.05, 60)])
+def test_a_top1_gate_needs_three_over_the_gate_held_out_images(max_top1_drop, needed):
+    assert holdout_needed(max_top1_drop) == needed
+    Gate(max_top1_drop=max_top1_drop).check(needed)
+    with pytest.raises(UserError, match=f"needs at least {needed} held-out images") as error:
+        Gate(max_top1_drop=max_top1_drop).check(needed - 1)
+    assert "\n" not in str(error.value)
+    Gate(min_logits_sqnr_db=30).check(1)  # an SQNR gate has no image resolution
+
+
+def test_a_gate_the_holdout_cannot_resolve_is_refused_before_any_work(planted):
+    path, ranges, holdout = planted  # 96 images: they resolve 3.13 points, not 1
+    with pytest.raises(UserError, match="needs at least 300 held-out images.*3.13 points"):
+        plan_precision(path, ranges, holdout, Gate(max_top1_drop=0.01))
 
 
 def test_gate_that_all_int8_passes_moves_nothing(tmp_path):
@@ -168,8 +191,9 @@ def test_all_high_precision_plan_writes_no_qdq(planted, tmp_path):
     [
         (Gate(), {}, "gate is empty"),
         (Gate(max_top1_drop=5), {}, "not a fraction"),
-        (Gate(max_top1_drop=0.01), {"high_precision": "bf16"}, "high precision 'bf16'"),
-        (Gate(max_top1_drop=0.01), {"holdout_labels": np.zeros(3, np.int64)}, "held-out labels"),
+        (Gate(max_top1_drop=0.05), {"high_precision": "bf16"}, "high precision 'bf16'"),
+        (Gate(max_top1_drop=0.05), {"holdout_labels": np.zeros(3, np.int64)}, "held-out labels"),
+        (Gate(max_top1_drop=0.0), {}, "cannot be certified"),
     ],
 )
 def test_bad_plan_arguments_raise_user_error(planted, gate, kwargs, message):

@@ -16,8 +16,8 @@ def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quality")
     fp32 = make_tiny_resnet(tmp / "model.onnx")
     ranges = calibrate_ranges(fp32, random_images(64))
-    # conv1 kept in float: its output carries no quantization error, the layers after it do
-    partial = write_qdq_model(fp32, ranges, tmp / "partial.onnx", nodes_to_exclude=["conv1"]).output_path
+    # conv1 and conv2 kept in float: their outputs carry no quantization error, the layers after them do
+    partial = write_qdq_model(fp32, ranges, tmp / "partial.onnx", nodes_to_exclude=["conv1", "conv2"]).output_path
     full = write_qdq_model(fp32, ranges, tmp / "full.onnx").output_path
     return fp32, partial, full
 
@@ -25,12 +25,13 @@ def models(tmp_path_factory):
 def test_per_layer_sqnr_follows_where_error_enters(models):
     fp32, partial, full = models
     images = random_images(300, seed=3)  # more than one evaluation batch
-    precisions = {"conv1": "fp32", "conv2": "int8", "residual_add": "int8", "fc": "int8"}
+    precisions = {"conv1": "fp32", "conv2": "fp32", "residual_add": "int8", "fc": "int8"}
     quality = measure_quality(fp32, partial, images, None, image_set="random", precisions=precisions)
     by_node = {layer.node: layer for layer in quality.layers}
     assert list(by_node) == ["conv1", "conv2", "residual_add", "fc"]
     assert by_node["conv1"].output_sqnr_db == math.inf and by_node["conv1"].precision == "fp32"
-    assert all(math.isfinite(by_node[n].output_sqnr_db) for n in ("conv2", "residual_add", "fc"))
+    assert by_node["conv2"].output_sqnr_db == math.inf
+    assert all(math.isfinite(by_node[n].output_sqnr_db) for n in ("residual_add", "fc"))
     assert by_node["conv1"].weight_spread > 1 and by_node["residual_add"].weight_spread is None
     assert quality.images == 300 and quality.accuracy is None and quality.kernels is None
 
