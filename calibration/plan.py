@@ -186,6 +186,25 @@ def write_mixed_model(
     return _write(model_path, ranges, plan.layers, Path(output_path), plan.qdq_options, plan.high_precision)
 
 
+def write_int8_model(
+    model_path: str | os.PathLike,
+    ranges: ActivationRanges,
+    output_path: str | os.PathLike,
+    *,
+    high_precision: str = "fp32",
+    **qdq: bool | str,
+) -> QuantizeResult:
+    """Every quantizable layer in INT8 (`qdq`: write_qdq_model's encoding options), and the rest of
+    the graph (pooling, Relu, a residual Add's branch, the Casts at input and output) in
+    `high_precision`: FP16 for TensorRT targets, since TensorRT 11 networks are strongly typed and
+    run what the ONNX types say, FP32 elsewhere. FP16 refuses constants and activations beyond its range."""
+    if high_precision not in HIGH_PRECISIONS:
+        raise UserError(f"high precision {high_precision!r} is not one of {', '.join(HIGH_PRECISIONS)}")
+    model = _planned_model(model_path, ranges)
+    layers = {node.name: "int8" for node in quantizable_layers(model)}
+    return _write(model_path, ranges, layers, Path(output_path), qdq, high_precision)
+
+
 def _write(
     model_path: str | os.PathLike,
     ranges: ActivationRanges,

@@ -31,6 +31,7 @@ import numpy as np
 
 from engines.artifacts import atomic_write_text, read_json, sha256_file, write_json
 from engines.errors import UserError
+from engines.targets import parse_tensorrt_version
 
 # TensorRT's CalibrationAlgoType names as they appear in cache headers.
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
@@ -69,6 +70,23 @@ def trt_version_number(version: str) -> int:
         raise ValueError(f"not a TensorRT version: {version!r}")
     major, minor, patch = (int(p) for p in (parts + ["0"])[:3])
     return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def cache_trt_version(version: str) -> int:
+    """NV_TENSORRT_VERSION for the TensorRT that will read a cache, from "10.3" or "10.13.0".
+
+    A one-line error for TensorRT 11 and later, which has no calibration caches (implicit INT8 was
+    removed: it builds INT8 from Q/DQ models only), and for anything before TensorRT 8.
+    """
+    major, minor, patch = parse_tensorrt_version(version)  # a one-line error for what is no version
+    if major >= 11:
+        raise UserError(
+            f"TensorRT {version} reads no calibration cache (implicit INT8 is gone since TensorRT 11); "
+            "build from the Q/DQ model, or pass --trt-version of the TensorRT 10 on the device"
+        )
+    if major < 8:
+        raise UserError(f"TensorRT {version} is older than this cache format knows; pass 8.x or 10.x")
+    return trt_version_number(f"{major}.{minor}.{patch}")
 
 
 def scale_to_hex(scale: float) -> str:
@@ -136,9 +154,13 @@ def write_model_calibration_cache(
 
     `algorithm` names the calibrator class the TensorRT build will read the cache with (TensorRT
     drops a cache whose header names another), not how the ranges were found: the sidecar
-    records that. EntropyCalibration2 is the one DLA accepts.
+    records that. EntropyCalibration2 is the one DLA accepts. `trt_version` is the
+    NV_TENSORRT_VERSION of the TensorRT on the device (`cache_trt_version`).
+
+    Tensors with amax 0 (constant zeros on every calibration image) are left out: a scale of 0 is
+    no INT8 range, and TensorRT keeps a tensor the cache does not name in higher precision.
     """
-    scales = {name: float(np.float32(amax) / np.float32(127)) for name, amax in ranges.amax.items()}
+    scales = {name: float(np.float32(amax) / np.float32(127)) for name, amax in ranges.amax.items() if amax > 0}
     write_calibration_cache(path, scales, trt_version, algorithm)
     write_json(
         sidecar_path(path),

@@ -291,11 +291,16 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
                       help="largest top-1 accuracy drop in percentage points (agreement with FP32 without labels)")
     gate.add_argument("--min-logits-sqnr", type=finite_float, metavar="DB", help="smallest logits SQNR against FP32")
     gate.add_argument("--holdout", type=non_negative_int, metavar="N", help="the last N calibration images measure "
-                      "the gate and are not used for ranges (default: a quarter of the set when gated)")  # fmt: skip
-    gate.add_argument("--high-precision", choices=["fp16", "fp32"],
-                      help="type of the layers moved out of INT8 (default: fp16 for TensorRT targets, fp32 for cpu)")
+                      "the gate and are not used for ranges (default: a quarter of the set, or the 3 / gate images a "
+                      "top-1 gate needs, up to half; a gate the hold-out cannot resolve is refused)")  # fmt: skip
+    p.add_argument("--high-precision", choices=["fp16", "fp32"],
+                   help="type of everything outside INT8: the graph around the INT8 layers and a plan's moved layers "
+                   "(default: fp16 for TensorRT targets, fp32 for cpu)")  # fmt: skip
     extra = p.add_argument_group("more artifacts from the same ranges")
     _output(extra, "--trt-cache", kind="file", help="TensorRT 10 calibration cache (same directory as --out)")
+    extra.add_argument("--trt-version", metavar="X.Y[.Z]", help="TensorRT version on the device, written in the "
+                       "cache header (TensorRT ignores a cache for another version; default: the target's first, "
+                       "e.g. 10.3 on Jetson = JetPack 6)")  # fmt: skip
     _output(extra, "--fp16", kind="file", help="pure FP16 ONNX model, refused if a constant or activation "
             "overflows FP16 (same directory as --out)")  # fmt: skip
     extra.add_argument("--fp16-io", default="fp32", choices=["fp32", "fp16"],
@@ -310,15 +315,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         per_channel=args.per_channel, target=args.target, method=args.method, percentile=args.percentile,
         batch_size=args.batch_size, holdout=args.holdout, high_precision=args.high_precision,
         max_top1_drop=None if args.max_top1_drop is None else args.max_top1_drop / 100,
-        min_logits_sqnr_db=args.min_logits_sqnr, trt_cache=args.trt_cache, fp16=args.fp16, fp16_io=args.fp16_io,
-        eval_set=args.eval, equalize=args.equalize,
+        min_logits_sqnr_db=args.min_logits_sqnr, trt_cache=args.trt_cache, trt_version=args.trt_version,
+        fp16=args.fp16, fp16_io=args.fp16_io, eval_set=args.eval, equalize=args.equalize,
     )  # fmt: skip
     record = calibrate_stage(args.model, args.calib, args.out, options, progress=_progress)
     encoding, quality, plan = record["encoding"], record["quality"], record["plan"]
     worst = record["worst_weight_spread"]
     print(f"{args.out}: {record['method']} ranges on {record['calibration_images']} images, "
           f"{'per-channel' if args.per_channel else 'per-tensor'}, for {args.target} ({encoding['activations']} "
-          f"activations, reduce_range={encoding['reduce_range']}, {encoding['placement']} Q/DQ placement); "
+          f"activations, reduce_range={encoding['reduce_range']}, {encoding['placement']} Q/DQ placement, "
+          f"{record['high_precision']} outside INT8); "
           f"worst weight-range spread {worst['spread']:.1f}x ({worst['node']})")  # fmt: skip
     if plan is not None:
         moved = ", ".join(m["node"] for m in plan["moved"]) or "none"

@@ -31,7 +31,7 @@ from engines.artifacts import (
 from engines.bench import BenchPlan
 from engines.errors import UserError
 from engines.paths import StageIO
-from engines.precision_plan import Gate
+from engines.precision_plan import Gate, holdout_needed
 from engines.schemas import BENCH, CALIBRATION, DATA_SOURCE
 from engines.targets import DEFAULT_TARGET, get_target
 
@@ -256,8 +256,10 @@ class CalibrateOptions:
     max_top1_drop: float | None = None  # fraction (0.005 = half a point)
     min_logits_sqnr_db: float | None = None
     holdout: int | None = None  # default: a quarter of the calibration set when gated, else none
+    # Everything outside INT8 (a plan's moved layers, and the graph around the INT8 layers):
     high_precision: str | None = None  # default: the target's (fp16 for TensorRT, fp32 for CPUs)
     trt_cache: str | None = None  # also write a TensorRT 10 calibration cache here
+    trt_version: str | None = None  # of the TensorRT that reads the cache (default: the target's first)
     fp16: str | None = None  # also write the pure FP16 model here
     fp16_io: str = "fp32"  # the pure FP16 model's input and output type: fp32 (behind Casts) or fp16
     eval_set: str | None = None  # labelled images for the quality report (default: hold-out or calibration)
@@ -279,14 +281,38 @@ class _CalibrationSplit:
 
 
 def _split_holdout(images: np.ndarray, labels: np.ndarray | None, options: CalibrateOptions) -> _CalibrationSplit:
-    """The last `holdout` images measure the gate and are never used for the ranges."""
-    holdout = options.holdout if options.holdout is not None else (len(images) // 4 if options.gated else 0)
+    """The last `holdout` images measure the gate and are never used for the ranges.
+
+    By default a gated run holds out a quarter of the set, or as many images as a top-1 gate needs
+    to be resolved (engines.precision_plan.holdout_needed) up to half of the set; a gate the
+    hold-out cannot resolve is refused here, before any work."""
+    holdout = options.holdout if options.holdout is not None else _default_holdout(len(images), options)
     if options.gated and holdout < 1:
         raise UserError("the accuracy gate is measured on held-out calibration images; pass --holdout N (N >= 1)")
     if not 0 <= holdout < len(images):
         raise UserError(f"--holdout {holdout} leaves no calibration images of {len(images)}; hold out fewer")
+    if options.gated:
+        Gate(max_top1_drop=options.max_top1_drop, min_logits_sqnr_db=options.min_logits_sqnr_db).check(holdout)
     cut = len(images) - holdout
     return _CalibrationSplit(images[:cut], labels, images[cut:], labels[cut:] if labels is not None else None)
+
+
+def _default_holdout(num_images: int, options: CalibrateOptions) -> int:
+    if not options.gated:
+        return 0
+    needed = holdout_needed(options.max_top1_drop) if options.max_top1_drop else 0
+    return max(num_images // 4, min(needed, num_images // 2))
+
+
+def _cache_trt_version(options: CalibrateOptions) -> int:
+    """NV_TENSORRT_VERSION for the cache header: --trt-version, else the target's default TensorRT."""
+    from engines.trt_cache import cache_trt_version
+
+    version = options.trt_version or get_target(options.target).default_tensorrt_version
+    if version is None:
+        raise UserError(f"target {options.target} runs no TensorRT, so the cache needs the device's version; "
+                        "pass --trt-version, e.g. 10.3 (JetPack 6)")  # fmt: skip
+    return cache_trt_version(version)
 
 
 def _quality_images(split: _CalibrationSplit, eval_set: str | None) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -316,15 +342,17 @@ def _plan(model, ranges, split: _CalibrationSplit, options: CalibrateOptions, en
                           high_precision=high_precision, progress=say)  # fmt: skip
 
 
-def _write_calibrated_model(model, ranges, plan, staging: Path, out: Path, options: CalibrateOptions, encoding):
-    """The INT8 Q/DQ model, or with a plan the mixed-precision model (+ the plan); returns the
-    quantization summary (None for a mixed model) and the products written."""
-    from calibration.plan import write_mixed_model
-    from calibration.quantize import write_qdq_model
+def _write_calibrated_model(model, ranges, plan, staging: Path, out: Path, options: CalibrateOptions, encoding,
+                            high_precision: str):  # fmt: skip
+    """The INT8 Q/DQ model (`high_precision` around its INT8 layers), or with a plan the
+    mixed-precision model (+ the plan); returns the quantization summary (None for a mixed model
+    without INT8 layers) and the products written."""
+    from calibration.plan import write_int8_model, write_mixed_model
 
     staged = staging / out.name
     if plan is None:
-        result = write_qdq_model(model, ranges, staged, per_channel=options.per_channel, **encoding.qdq_options)
+        result = write_int8_model(model, ranges, staged, high_precision=high_precision,
+                                  per_channel=options.per_channel, **encoding.qdq_options)  # fmt: skip
         return result, [out]
     result = write_mixed_model(model, plan, ranges, staged)
     plan.save(staging / out.with_suffix(".plan.json").name)
@@ -354,10 +382,10 @@ def _kernels_run_here(target: str) -> str | None:
     return backend if backend == "onnxruntime" else None
 
 
-def _write_trt_cache(cache: Path, ranges, staging: Path) -> list[Path]:
+def _write_trt_cache(cache: Path, ranges, staging: Path, trt_version: int) -> list[Path]:
     from engines.trt_cache import sidecar_path, write_model_calibration_cache
 
-    write_model_calibration_cache(staging / cache.name, ranges)
+    write_model_calibration_cache(staging / cache.name, ranges, trt_version)
     return [cache, sidecar_path(cache)]
 
 
@@ -425,11 +453,13 @@ def calibrate_stage(
 ) -> dict[str, Any]:
     """Calibrate `model` (FP32 ONNX) and write, next to `out_path`, all or nothing of:
 
-    - `out_path`: the INT8 Q/DQ model encoded for the target (calibration.targets), or with a gate
-      the mixed-precision model of the plan (its high-precision layers in FP16 or FP32);
+    - `out_path`: the INT8 Q/DQ model encoded for the target (calibration.targets), the graph
+      around its INT8 layers in the high precision type (FP16 for TensorRT targets, FP32 for cpu,
+      or --high-precision), or with a gate the mixed-precision model of the plan;
     - `<out>.json`: the calibration record with the quality report; `<out>.quality.md` / `.png`;
     - `<out>.ranges.json`: the activation ranges; `<out>.plan.json`: the precision plan (gated);
-    - optionally a TensorRT 10 calibration cache (+ sidecar) and a pure FP16 model;
+    - optionally a TensorRT 10 calibration cache (+ sidecar) for --trt-version (default: the
+      target's first TensorRT version) and a pure FP16 model;
     - with `equalize`, first `<out>.equalized.onnx`, the cross-layer-equalized FP32 model that
       everything else is then made from (a complete artifact of its own, recorded by `equalize`).
     """
@@ -444,6 +474,7 @@ def calibrate_stage(
         raise UserError(f"FP16 model input/output type {options.fp16_io!r} is not fp32 or fp16")
     calibrate_io(model, calibration_set, out, options)
     trt_cache = None if options.trt_cache is None else Path(options.trt_cache)
+    trt_version = None if trt_cache is None else _cache_trt_version(options)
     fp16 = None if options.fp16 is None else Path(options.fp16)
     _check_image_sets(model, [calibration_set] + ([options.eval_set] if options.eval_set else []))
     images, labels = load_image_set(_verified(calibration_set))
@@ -467,7 +498,8 @@ def calibrate_stage(
                                                                     "per-tensor")  # fmt: skip
     products = [out.with_suffix(".json"), out.with_suffix(".ranges.json")]
     with staged_files(out.parent) as staging:
-        result, written = _write_calibrated_model(model, ranges, plan, staging, out, options, encoding)
+        result, written = _write_calibrated_model(model, ranges, plan, staging, out, options, encoding,
+                                                  high_precision)  # fmt: skip
         products += written
         ranges.save(staging / out.with_suffix(".ranges.json").name)
         say(f"quality report on {len(quality_set[0])} images ({quality_set[2]})")
@@ -478,6 +510,7 @@ def calibrate_stage(
         spreads = weight_range_spread(str(model))
         record: dict[str, Any] = {
             "model": str(model), "output": str(out), "target": options.target, "encoding": asdict(encoding),
+            "high_precision": high_precision,
             "method": ranges.method, "percentile": ranges.percentile, "calibration_images": len(split.range_images),
             "holdout_images": len(split.holdout_images), "quantize": asdict(result) if result is not None else None,
             "plan": asdict(plan) if plan is not None else None, "quality": asdict(quality),
@@ -485,8 +518,9 @@ def calibrate_stage(
             "equalization": asdict(equalization) if equalization is not None else None,
         }  # fmt: skip
         if trt_cache is not None:
-            products += _write_trt_cache(trt_cache, ranges, staging)
+            products += _write_trt_cache(trt_cache, ranges, staging, trt_version)
             record["trt_cache"] = str(trt_cache)
+            record["trt_cache_version"] = trt_version
         if fp16 is not None:
             products += _write_fp16_model(model, fp16, ranges, staging, options.fp16_io)
             record["fp16"] = str(fp16)

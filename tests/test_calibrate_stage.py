@@ -83,7 +83,8 @@ def test_gated_tensorrt_run_holds_out_the_last_quarter(workdir):
     assert qdq_zero_point_violations(written) == [] and tensorrt_placement_violations(written) == []
     # every artifact TensorRT 10 and 11 need, from the same ranges
     header, scales = load_model_calibration_cache(tmp / "model.calib", model)
-    assert header.line.startswith("TRT-") and scales
+    assert header.line == "TRT-101300-EntropyCalibration2" and scales  # desktop-gpu's first TensorRT: 10.13
+    assert record["trt_cache_version"] == 101300
     fp16 = onnx.load(str(tmp / "model.fp16.onnx"))
     assert count_qdq(fp16)["QuantizeLinear"] == 0
     assert {i.data_type for i in fp16.graph.initializer} == {onnx.TensorProto.FLOAT16}
@@ -94,6 +95,8 @@ def test_gated_tensorrt_run_holds_out_the_last_quarter(workdir):
     [
         (CalibrateOptions(min_logits_sqnr_db=500.0, target="desktop-gpu"), "no precision plan passes the gate"),
         (CalibrateOptions(max_top1_drop=0.01, holdout=0), "pass --holdout N"),
+        (CalibrateOptions(max_top1_drop=0.05, holdout=32), "gate of 5.00 points needs at least 60 held-out images"),
+        (CalibrateOptions(max_top1_drop=0.05), "needs at least 60 held-out images"),  # more than half the set
         (CalibrateOptions(holdout=N_IMAGES), "leaves no calibration images"),
         (CalibrateOptions(batch_size=N_IMAGES + 1), "fewer than one batch"),
         (CalibrateOptions(target="jetson-nano"), "unknown target 'jetson-nano'"),
@@ -124,10 +127,10 @@ def test_cli_gated_calibration_prints_the_plan_and_the_report(workdir, capsys):
     tmp, model, calib = workdir
     out = tmp / "model.mixed.onnx"
     assert main(["calibrate", str(model), "--calib", str(calib), "--out", str(out), "--target", "desktop-gpu",
-                 "--max-top1-drop", "5", "--holdout", "32", "--high-precision", "fp32", "--fp16",
+                 "--max-top1-drop", "5", "--holdout", "64", "--high-precision", "fp32", "--fp16",
                  str(tmp / "model.fp16.onnx"), "--fp16-io", "fp16"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert "plan: " in printed and "gate on 32 held-out images" in printed and "pure FP16 model" in printed
+    assert "plan: " in printed and "gate on 64 held-out images" in printed and "pure FP16 model" in printed
     plan = PrecisionPlan.load(tmp / "model.mixed.plan.json")
     assert plan.gate.max_top1_drop == pytest.approx(0.05) and plan.high_precision == "fp32"
     fp16 = onnx.load(str(tmp / "model.fp16.onnx"))
@@ -168,3 +171,45 @@ def test_equalize_writes_the_equalized_model_first_and_calibrates_it(tmp_path):
     assert plain["equalization"] is None
     assert record["worst_weight_spread"]["spread"] < plain["worst_weight_spread"]["spread"] / 5
     assert record["quality"]["logits_sqnr_db"] > plain["quality"]["logits_sqnr_db"] + 6
+
+
+def test_top1_gate_holds_out_the_images_it_needs(workdir):
+    tmp, model, calib = workdir
+    record = calibrate_stage(model, calib, tmp / "q.onnx", CalibrateOptions(max_top1_drop=0.07))
+    assert record["holdout_images"] == 43  # ceil(3 / 0.07), more than the default quarter (24)
+    assert record["plan"]["holdout_images"] == 43 and record["plan"]["gate_resolution"] == pytest.approx(3 / 43)
+
+
+@pytest.mark.parametrize(("high_precision", "float_type"), [(None, onnx.TensorProto.FLOAT16),
+                                                            ("fp32", onnx.TensorProto.FLOAT)])  # fmt: skip
+def test_tensorrt_int8_model_is_fp16_outside_int8_unless_asked(workdir, high_precision, float_type):
+    tmp, model, calib = workdir
+    out = tmp / "q.onnx"
+    options = CalibrateOptions(target="jetson-orin-nx", high_precision=high_precision)
+    record = calibrate_stage(model, calib, out, options)
+    written = onnx.load(str(out))
+    assert record["high_precision"] == ("fp16" if high_precision is None else "fp32")
+    assert qdq_zero_point_violations(written) == [] and tensorrt_placement_violations(written) == []
+    # the float rest of the graph (biases, Q/DQ scales) in the high precision type; inputs and outputs FP32
+    floats = {i.data_type for i in written.graph.initializer} - {onnx.TensorProto.INT8}
+    assert floats == {float_type}
+    assert written.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert written.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert record["quality"]["top1_agreement"] > 0.9
+
+
+def test_cache_version_follows_the_target_or_trt_version(workdir):
+    tmp, model, calib = workdir
+    options = CalibrateOptions(target="jetson-orin-nano", trt_cache=str(tmp / "j.calib"))
+    calibrate_stage(model, calib, tmp / "j.onnx", options)
+    assert (tmp / "j.calib").read_text().startswith("TRT-100300-")  # JetPack 6's TensorRT 10.3
+    options = CalibrateOptions(target="jetson-orin-nano", trt_cache=str(tmp / "k.calib"), trt_version="10.13")
+    calibrate_stage(model, calib, tmp / "k.onnx", options)
+    assert (tmp / "k.calib").read_text().startswith("TRT-101300-")
+    before = listing(tmp)
+    with pytest.raises(UserError, match="pass --trt-version"):  # the cpu target runs no TensorRT
+        calibrate_stage(model, calib, tmp / "c.onnx", CalibrateOptions(trt_cache=str(tmp / "c.calib")))
+    with pytest.raises(UserError, match="reads no calibration cache"):
+        calibrate_stage(model, calib, tmp / "c.onnx", CalibrateOptions(target="desktop-gpu", trt_version="11.4",
+                                                                       trt_cache=str(tmp / "c.calib")))  # fmt: skip
+    assert listing(tmp) == before

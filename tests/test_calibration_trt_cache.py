@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
 from engines.trt_cache import (
     CacheHeader,
+    cache_trt_version,
     hex_to_scale,
     load_model_calibration_cache,
     read_calibration_cache,
@@ -145,3 +147,24 @@ def test_edited_or_orphan_cache_is_refused(calibrated, tmp_path):
     sidecar_path(path).unlink()
     with pytest.raises(UserError, match="nothing says which model"):
         load_model_calibration_cache(path, model)
+
+
+@pytest.mark.parametrize(("version", "number"), [("10.3", 100300), ("10.13.0", 101300), ("8.6.1", 8601)])
+def test_cache_version_is_the_devices_tensorrt(version, number):
+    assert cache_trt_version(version) == number
+
+
+@pytest.mark.parametrize(("version", "message"), [("11.4", "no calibration cache"), ("7.2", "older"),
+                                                  ("ten", "not MAJOR.MINOR")])  # fmt: skip
+def test_cache_version_refuses_what_has_no_cache(version, message):
+    with pytest.raises(UserError, match=message):
+        cache_trt_version(version)
+
+
+def test_zero_amax_tensors_are_left_out_of_the_cache(calibrated, tmp_path):
+    model, ranges = calibrated
+    zeroed = replace(ranges, amax={**ranges.amax, "c1": 0.0})
+    write_model_calibration_cache(tmp_path / "c.cache", zeroed, trt_version=101300)
+    header, scales = load_model_calibration_cache(tmp_path / "c.cache", model)
+    assert header.line == "TRT-101300-EntropyCalibration2"
+    assert "c1" not in scales and set(scales) == set(ranges.amax) - {"c1"}
