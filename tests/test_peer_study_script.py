@@ -1,0 +1,57 @@
+"""scripts/peer_study.py on tiny models (smoke test; the study itself is not run in CI)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+from tiny_onnx import make_tiny_resnet, random_images
+
+from engines.artifacts import save_image_set
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "peer_study.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("peer_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peer_study_scores_every_variant_and_counts_qdq_readers(tmp_path, capsys):
+    study = load_script()
+    model = make_tiny_resnet(tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    for name, n in (("calib", 64), ("test", 48)):
+        pixels = (random_images(n, seed=n) * 255).astype(np.uint8)
+        save_image_set(tmp_path / f"{name}.npz", pixels, rng.integers(0, 3, n), 1 / 255)
+
+    assert study.main([str(model), "--calib", str(tmp_path / "calib.npz"), "--test", str(tmp_path / "test.npz"),
+                       "--calibration-images", "32", "--methods", "minmax", "--out", str(tmp_path / "out")]) == 0
+    # (entropy takes the same path with another method name, and minutes on a loaded CI machine)
+    result = json.loads((tmp_path / "out" / "peer_study.json").read_text())
+    assert result["calibration_images"] == 32 and result["test_images"] == 48
+    variants = result["models"][0]["variants"]
+    # no modelopt without its interpreter
+    assert set(variants) == {"ours minmax, desktop-gpu", "ours minmax, cpu", "quantize_static defaults"}
+    for name, variant in variants.items():
+        assert 0 <= variant["simulated"] <= 1 and variant["seconds"] > 0, name
+        assert (variant["kernels"] is None) == name.endswith("desktop-gpu"), name  # TensorRT does not run here
+    # TensorRT's placement: conv1, conv2, fc and the residual Add's skip input read activations; three weights
+    assert variants["ours minmax, desktop-gpu"]["qdq"] == {"activation:Add": 1, "activation:Conv": 2,
+                                                           "activation:Gemm": 1, "weight:Conv": 2, "weight:Gemm": 1}
+    # ORT's own placement quantizes more: the pooling, the input scale-shift
+    assert {"activation:GlobalAveragePool", "activation:Mul"} <= set(variants["quantize_static defaults"]["qdq"])
+    assert "| ours minmax, desktop-gpu |" in (tmp_path / "out" / "peer_study.md").read_text()
+    assert "FP32" in capsys.readouterr().out
+
+
+def test_peer_study_refuses_an_unlabelled_test_set(tmp_path, capsys):
+    study = load_script()
+    model = make_tiny_resnet(tmp_path / "model.onnx")
+    pixels = (random_images(32) * 255).astype(np.uint8)
+    save_image_set(tmp_path / "calib.npz", pixels, None, 1 / 255)
+    assert study.main([str(model), "--calib", str(tmp_path / "calib.npz"), "--test", str(tmp_path / "calib.npz"),
+                       "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
