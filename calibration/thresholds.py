@@ -10,7 +10,13 @@ TensorRT uses. Symmetric INT8 then maps [-amax, amax] onto [-127, 127] (scale am
   for every candidate of i bins, i = 128 .. 2048, the reference P is the first i bins with the
   outliers added to the last one, the candidate Q is those i bins merged into 128 levels and
   expanded back over the non-empty bins; amax is the edge of the candidate with the least
-  KL(P || Q). Details as NVIDIA's pytorch-quantization (`_compute_amax_entropy`) implements it.
+  KL(P || Q). Details as NVIDIA's pytorch-quantization (`_compute_amax_entropy`) implements it,
+  with one addition: point masses are flattened first (`flatten_point_masses`). An exact value
+  that repeats (a ReLU's zeros, a uniform background's response in every channel) fills one bin;
+  INT8 reproduces it within half a step at any threshold, but Q spreads it over its level, so the
+  KL penalty grows with the level's width and drives the search to the smallest threshold, far
+  below the data (docs/BENCHMARKS.md section 6). pytorch-quantization flattens the zeros' bin; we
+  flatten every such spike.
 
 MSE and Entropy search candidates from bin 128 (amax / 16) upward, as TensorRT does.
 """
@@ -23,6 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 NUM_BINS = 2048  # TensorRT's histogram size
+# A point mass: a bin holding more than POINT_MASS_FACTOR times the median of the bins within
+# POINT_MASS_WINDOW of it, and at least POINT_MASS_MIN_SHARE of all values (so a sparse tail, where
+# the median is 0, is never taken for spikes).
+POINT_MASS_FACTOR = 4.0
+POINT_MASS_WINDOW = 8
+POINT_MASS_MIN_SHARE = 1e-3
 NUM_QUANTIZED_BINS = 128  # |x| levels of symmetric INT8: 0..127 plus the sign
 START_BIN = 128  # the smallest candidate threshold, in bins
 INT8_LEVELS = 127  # symmetric INT8 uses [-127, 127]
@@ -118,16 +130,35 @@ def kl_divergences(
     return divergences
 
 
+def flatten_point_masses(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(`counts` as float64 with every point mass cut to the median of its neighbourhood, the mask
+    of those bins); see the module docstring. Bin 0 is left to kl_divergences (it takes bin 1's count)."""
+    bins = counts.astype(np.float64)
+    spikes = np.zeros(len(bins), bool)
+    if len(bins) <= 2 * POINT_MASS_WINDOW:
+        return bins, spikes
+    padded = np.pad(bins, POINT_MASS_WINDOW, mode="reflect")
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * POINT_MASS_WINDOW + 1), axis=1)
+    spikes = (bins > POINT_MASS_FACTOR * np.maximum(medians, 1.0)) & (bins >= POINT_MASS_MIN_SHARE * bins.sum())
+    spikes[0] = False
+    bins[spikes] = medians[spikes]
+    return bins, spikes
+
+
 def entropy_amax(
     histogram: AbsHistogram, num_quantized_bins: int = NUM_QUANTIZED_BINS, start_bin: int = START_BIN
 ) -> float:
-    """amax of TensorRT's EntropyCalibration2 for `histogram` (the largest of equally good thresholds)."""
+    """amax of TensorRT's EntropyCalibration2 for `histogram`, point masses flattened first (the
+    largest of equally good thresholds), and never below a point mass: an exact value that most
+    images share (a background) is kept whole rather than clipped on every one of them."""
     if histogram.max_abs == 0 or not histogram.counts.any():
         return 0.0
     start_bin = min(start_bin, len(histogram.counts))
-    divergences = kl_divergences(histogram.counts, num_quantized_bins, start_bin)
+    bins, spikes = flatten_point_masses(histogram.counts)
+    divergences = kl_divergences(bins, num_quantized_bins, start_bin)
     best = len(divergences) - 1 - int(np.argmin(divergences[::-1]))  # ties go to the larger threshold
-    return float((start_bin + best) * histogram.bin_width)
+    highest_spike_edge = (int(np.flatnonzero(spikes)[-1]) + 1) if spikes.any() else 0
+    return float(max(start_bin + best, highest_spike_edge) * histogram.bin_width)
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 from calibration.thresholds import (
+    START_BIN,
     AbsHistogram,
     abs_histogram,
     entropy_amax,
+    flatten_point_masses,
     kl_divergences,
     mse_amax,
     mse_errors,
@@ -167,3 +169,39 @@ def test_uniform_distribution_keeps_about_the_max():
 @pytest.mark.parametrize("method", [entropy_amax, mse_amax, lambda h: percentile_amax(h, 99.9)])
 def test_empty_or_zero_histogram_gives_zero(method):
     assert method(AbsHistogram(np.zeros(2048, np.int64), 0.0)) == 0.0
+
+
+@pytest.mark.parametrize("spikes", [1, 4, 16])
+def test_point_masses_do_not_drive_entropy_to_the_smallest_threshold(spikes):
+    # Continuous content plus a few exact values repeated (a uniform background's response per
+    # channel, 60 % of all values). Plain EntropyCalibration2 settles just above the spikes (amax
+    # 0.5-1.5 where the content reaches 4.7); flattened first, the result is the spike-free one.
+    rng = np.random.default_rng(0)
+    content = np.abs(rng.normal(0, 1.0, 200_000)).astype(np.float32)
+    background = np.repeat(rng.uniform(0.05, 0.6, spikes).astype(np.float32), 300_000 // spikes)
+    with_spikes = histogram_of(np.concatenate([content, background]))
+    without = AbsHistogram(abs_histogram(content, with_spikes.max_abs), with_spikes.max_abs)
+    plain = kl_divergences(with_spikes.counts)
+    plain_amax = (START_BIN + len(plain) - 1 - int(np.argmin(plain[::-1]))) * with_spikes.bin_width
+    assert plain_amax < 0.35 * with_spikes.max_abs  # the artefact, as TensorRT's algorithm has it
+    assert entropy_amax(with_spikes) == entropy_amax(without) > 0.85 * with_spikes.max_abs
+
+
+def test_flattening_leaves_smooth_histograms_and_sparse_tails_alone():
+    rng = np.random.default_rng(1)
+    smooth = abs_histogram(rng.laplace(0, 1, 1_000_000).astype(np.float32), 14.0)
+    bins, spikes = flatten_point_masses(smooth)
+    np.testing.assert_array_equal(bins, smooth)
+    assert not spikes.any()
+    with_tail = smooth.copy()
+    with_tail[[1500, 1800, 2047]] += [9, 7, 5]  # lone large values among empty bins: not point masses
+    assert not flatten_point_masses(with_tail)[1].any()
+
+
+def test_a_near_constant_tensor_keeps_its_constant():
+    # One value nearly everywhere (a background), a few others: never clipped below the constant.
+    counts = np.zeros(2048, np.int64)
+    counts[1000], counts[[10, 20, 2047]] = 1_000_000, [3, 2, 1]
+    histogram = AbsHistogram(counts, 2.048)
+    assert flatten_point_masses(counts)[1][1000]
+    assert entropy_amax(histogram) >= 1.001
