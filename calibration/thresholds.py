@@ -15,7 +15,7 @@ TensorRT uses. Symmetric INT8 then maps [-amax, amax] onto [-127, 127] (scale am
   that repeats (a ReLU's zeros, a uniform background's response in every channel) fills one bin;
   INT8 reproduces it within half a step at any threshold, but Q spreads it over its level, so the
   KL penalty grows with the level's width and drives the search to the smallest threshold, far
-  below the data (docs/BENCHMARKS.md section 6). pytorch-quantization flattens the zeros' bin; we
+  below the data (docs/BENCHMARKS.md section 8). pytorch-quantization flattens the zeros' bin; we
   flatten every such spike.
 
 MSE and Entropy search candidates from bin 128 (amax / 16) upward, as TensorRT does.
