@@ -99,12 +99,12 @@ class PrecisionPlan:
     placement: str  # where the Q/DQ pairs go (calibration.quantize.PLACEMENTS)
     high_precision: str  # "fp32" (CPU targets) or "fp16" (GPU targets)
     gate: Gate
-    holdout_images: int  # images the gate was measured on
-    gate_resolution: float | None  # smallest top-1 drop (fraction) they certify, 3 / N; None for an SQNR-only gate
     layers: dict[str, str]  # every quantizable layer's node name -> "int8" or the high precision type
     sensitivity: list[LayerSensitivity]  # graph order
     moved: list[Move] = field(default_factory=list)  # in the order the planner moved them
     result: GateResult | None = None  # the gate measured on the final plan
+    holdout_images: int = 0  # images the gate was measured on
+    gate_resolution: float | None = None  # smallest top-1 drop (fraction) they certify, 3 / N; None: SQNR-only gate
 
     @property
     def high_precision_nodes(self) -> list[str]:
