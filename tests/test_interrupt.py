@@ -34,7 +34,7 @@ def _stage_args(ws, out: Path) -> dict[str, tuple[list[str | Path], list[Path]]]
     """Per stage: its arguments and the outputs to check (directories are engine directories)."""
     stages = {
         "calibrate": (["calibrate", ws.model, "--calib", ws.calib, "--batch-size", "8", "--out", out / "q.onnx",
-                       "--trt-cache", out / "q.trt10.calib", "--fp16", out / "q.fp16.onnx"],
+                       "--trt-cache", out / "q.trt10.calib", "--trt-version", "10.3", "--fp16", out / "q.fp16.onnx"],
                       [out / name for name in ("q.onnx", "q.json", "q.quality.md", "q.quality.png", "q.ranges.json",
                                                "q.trt10.calib", "q.trt10.calib.json", "q.fp16.onnx", "manifest.json")]),
         "build": (["build", ws.model, "--out", out / "engine", "--precision", "fp32"], [out / "engine"]),
