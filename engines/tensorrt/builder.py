@@ -300,8 +300,11 @@ def _configure_target(config: trt.IBuilderConfig, target: Target, options: Optio
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatibility != "none":
-        level_name = HARDWARE_COMPATIBILITY[options.hardware_compatibility]
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level_name)
+        level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[options.hardware_compatibility], None)
+        if level is None:  # SAME_COMPUTE_CAPABILITY is newer than some TensorRT 10 releases
+            raise UserError(f"TensorRT {trt.__version__} has no hardware compatibility level "
+                            f"{options.hardware_compatibility!r}; use ampere-plus")  # fmt: skip
+        config.hardware_compatibility_level = level
 
 
 def _place_on_dla(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
