@@ -137,7 +137,7 @@ def assert_refused(ws: Workspace, args: list[str | Path]) -> str:
     outcome = run_cli(*args)
     if CASE_LOG:
         with open(CASE_LOG, "a") as log:
-            log.write(json.dumps([str(a) for a in args]) + "\n")
+            log.write(json.dumps([os.environ.get("PYTEST_CURRENT_TEST", "?"), *map(str, args)]) + "\n")
     lines = outcome.err_lines
     context = f"{[str(a) for a in args]} -> exit {outcome.status}: {outcome.err!r}"
     assert outcome.status == 2, context
@@ -606,7 +606,7 @@ def test_edited_json_artifacts_never_crash_or_destroy(ws, data):
         outcome = run_cli(*args)
         if CASE_LOG:
             with open(CASE_LOG, "a") as log:
-                log.write(json.dumps([str(a) for a in args] + [str(path)]) + "\n")
+                log.write(json.dumps([os.environ.get("PYTEST_CURRENT_TEST", "?"), *map(str, args), str(path)]) + "\n")
         context = f"{which} {path} = {value!r}: exit {outcome.status}: {outcome.err!r}"
         assert outcome.status in (0, 2) and "Traceback" not in outcome.err, context
         after = snapshot(ws.root)

@@ -59,7 +59,7 @@ def _valid(path: Path) -> None:
     assert path.exists(), f"{path} is gone"
     if path.is_dir():
         manifest = EngineManifest.read(path)
-        onnx.checker.check_model(onnx.load(str(path / manifest.model_file)))
+        onnx.checker.check_model(onnx.load(str(path / manifest.engine_file)))
         return
     data = path.read_bytes()
     if path.suffix == ".onnx":
