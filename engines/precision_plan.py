@@ -14,8 +14,8 @@ from pathlib import Path
 
 from engines.artifacts import read_json, write_json
 from engines.errors import UserError
+from engines.schemas import PRECISION_PLAN
 
-PLAN_SCHEMA = ("mimicnorm-deploy/precision-plan", 3)  # 3: the gate's hold-out size, resolution and flips
 # With no loss seen on N images, the 95 % upper confidence bound of the loss rate is about 3/N
 # (the "rule of three", Hanley & Lippman-Hand 1983): the finest top-1 gate N held-out images certify.
 RULE_OF_THREE = 3.0
@@ -115,11 +115,11 @@ class PrecisionPlan:
         return qdq_options(self.per_channel, self.reduce_range, self.activations, self.placement)
 
     def save(self, path: str | os.PathLike) -> Path:
-        return write_json(path, *PLAN_SCHEMA, asdict(self))
+        return write_json(path, *PRECISION_PLAN, asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrecisionPlan:
-        document = read_json(path, *PLAN_SCHEMA)
+        document = read_json(path, *PRECISION_PLAN)
         fields = {name: document[name] for name in cls.__dataclass_fields__}
         fields["gate"] = Gate(**fields["gate"])
         fields["sensitivity"] = [LayerSensitivity(**s) for s in fields["sensitivity"]]

@@ -31,12 +31,12 @@ import numpy as np
 
 from engines.artifacts import atomic_write_text, read_json, sha256_file, write_json
 from engines.errors import UserError
+from engines.schemas import TRT_CALIBRATION_CACHE
 from engines.targets import parse_tensorrt_version
 
 # TensorRT's CalibrationAlgoType names as they appear in cache headers.
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 JETPACK6_TRT_VERSION = 100300  # TensorRT 10.3.0
-SIDECAR_SCHEMA = ("mimicnorm-deploy/trt-calibration-cache", 1)
 
 
 class CalibratedRanges(Protocol):
@@ -164,7 +164,7 @@ def write_model_calibration_cache(
     write_calibration_cache(path, scales, trt_version, algorithm)
     write_json(
         sidecar_path(path),
-        *SIDECAR_SCHEMA,
+        *TRT_CALIBRATION_CACHE,
         {
             "cache_sha256": sha256_file(path),
             "model_sha256": ranges.model_sha256,
@@ -188,7 +188,7 @@ def load_model_calibration_cache(
             "re-run 'mimicnorm-deploy calibrate' for this model"
         )
     header, scales = read_calibration_cache(path)
-    record = read_json(sidecar, *SIDECAR_SCHEMA)
+    record = read_json(sidecar, *TRT_CALIBRATION_CACHE)
     if sha256_file(path) != record["cache_sha256"]:
         raise UserError(f"{path}: changed since it was written (sha256 differs from {sidecar.name}); re-run calibrate")
     if sha256_file(model_path) != record["model_sha256"]:

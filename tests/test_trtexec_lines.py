@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engines.artifacts import write_json
 from engines.errors import UserError
-from engines.precision_plan import PLAN_SCHEMA
+from engines.schemas import PRECISION_PLAN
 from engines.targets import get_target
 from engines.tensorrt.trtexec import render_script, trtexec_lines
 from mimicnorm_deploy.cli import main
@@ -35,7 +35,7 @@ def _model(path, *, kind="fp32", batch="batch"):
 
 
 def _plan(path, layers):
-    write_json(path, *PLAN_SCHEMA, {"layers": layers})
+    write_json(path, *PRECISION_PLAN, {"layers": layers})
     return path
 
 

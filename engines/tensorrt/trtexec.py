@@ -34,7 +34,7 @@ import onnx
 from engines.artifacts import read_json
 from engines.errors import UserError
 from engines.onnx_model import QDQ_OPS, load_onnx
-from engines.precision_plan import PLAN_SCHEMA
+from engines.schemas import PRECISION_PLAN
 from engines.targets import Target, parse_tensorrt_version
 
 ARTIFACT_KINDS = ("fp32", "fp16", "qdq", "int8-cache")
@@ -96,7 +96,7 @@ def model_input(model: onnx.ModelProto) -> ModelInput:
 
 def plan_high_precision_layers(plan_path: str | os.PathLike) -> dict[str, str]:
     """Node name -> precision of the layers a precision plan keeps out of INT8."""
-    plan = read_json(plan_path, *PLAN_SCHEMA)  # only its layers: what a TensorRT 10 build pins
+    plan = read_json(plan_path, *PRECISION_PLAN)  # only its layers: what a TensorRT 10 build pins
     return {node: precision for node, precision in plan["layers"].items() if precision != "int8"}
 
 
