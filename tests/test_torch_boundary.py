@@ -7,6 +7,8 @@ running the torch-free commands in a process where torch cannot be imported.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,3 +49,12 @@ def test_only_the_torch_folders_import_torch():
 def test_the_scan_sees_a_function_local_import():
     tree = ast.parse("def f():\n    if True:\n        from torch import nn\n    import numpy, torch.nn as tnn\n")
     assert _imports_torch(tree) == [3, 4]
+
+
+def test_importing_engines_loads_no_backend():
+    # The registry names engines.torch, but only get_backend("torch") may import it (and torch).
+    code = ("import sys, engines, engines.registry, engines.bench, engines.targets\n"
+            "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'engines.torch')))\n"
+            "print(loaded)\n")  # fmt: skip
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert completed.stdout.strip() == "[]"
