@@ -208,6 +208,10 @@ def run_unit(unit: list[str], settings: Settings, deadline: float, work: Path, l
     result_file = work / f"{'-'.join(unit)}.result.json"
     settings_file.write_text(dataclasses.replace(settings, deadline=deadline).to_json())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if settings.device == "cpu":
+        # The dry run proves plumbing, not speed: one thread per process keeps it quick on a busy CPU,
+        # where OpenMP's barriers across oversubscribed cores slow every op by orders of magnitude.
+        env.setdefault("OMP_NUM_THREADS", "1")
     log.write(f"\n===== {label} =====\n")
     log.flush()
     timeout = max(1.0, deadline - time.time() + GRACE_S)

@@ -98,9 +98,10 @@ def test_a_part_is_as_good_as_its_worst_unit():
 @pytest.mark.slow
 def test_dry_run_runs_every_part_on_the_cpu(tmp_path):
     out = tmp_path / "out"
-    completed = subprocess.run(["bash", str(SCRIPT), str(out), "--dry-run", "--budget-s", "400"],
+    # A generous budget: the dry run's timings say nothing, and a shared CI machine may be busy.
+    completed = subprocess.run(["bash", str(SCRIPT), str(out), "--dry-run", "--budget-s", "1200"],
                                capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
-                               timeout=600)  # fmt: skip
+                               timeout=1500)  # fmt: skip
     log = (out / "gpu_check.log").read_text() if (out / "gpu_check.log").exists() else ""
     assert completed.returncode == 0, completed.stdout + completed.stderr + log[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
