@@ -8,6 +8,11 @@
 - `quantize`: FP32 ONNX -> symmetric INT8 Q/DQ ONNX that TensorRT and ONNX Runtime both run.
 - `fp16`: pure FP16 ONNX (and FP16 around Q/DQ), refusing constants or activations beyond FP16's range.
 - `plan`: per-layer sensitivity, accuracy-gated INT8/high-precision plans and their writer.
-- `qdq`: inspection of Q/DQ graphs (zero-point checks, counts).
+- `qdq`: inspection of Q/DQ graphs (quantizable layers, zero-point and placement checks, dangling pairs).
 - `metrics`: SQNR, top-1 agreement, accuracy, per-layer weight-range spread.
+- `quality`: the quality report of a calibrated model against FP32 (per layer and at the logits), Markdown + PNG.
+- `targets`: the INT8 encoding of each target (engines/targets.py): activations, 7-bit weights, Q/DQ placement.
+
+What engines read (the precision plan JSON, the TensorRT calibration cache) lives in
+engines/precision_plan.py and engines/trt_cache.py; calibration writes through them.
 """

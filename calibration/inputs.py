@@ -54,19 +54,20 @@ def calibration_batch_images(
             "N x C x H x W (engines.artifacts.load_image_set applies the image set's scale)"
         )
     if len(images) == 0:
-        raise UserError("calibration set is empty; pass the calibration image set written by 'mimicnorm-deploy export'")
+        raise UserError("calibration set is empty; pass the calibration set written by 'mimicnorm-deploy prepare-data'")
     if len(images) < batch_size:
         raise UserError(
             f"calibration set has {len(images)} images, fewer than one batch of {batch_size}; "
             "pass more images or a smaller batch size"
         )
     if not np.isfinite(images).all():
-        raise UserError("calibration images contain NaN or infinity; re-export the calibration image set")
+        raise UserError("calibration images contain NaN or infinity; re-run 'mimicnorm-deploy prepare-data'")
     if any(want is not None and want != got for want, got in zip(dims[1:], images.shape[1:], strict=True)):
         expected = " x ".join(str(d) if d is not None else "?" for d in dims[1:])
         raise UserError(
             f"calibration images are {' x '.join(map(str, images.shape[1:]))} per image but input "
-            f"'{input_name}' of {path} takes {expected}; export the calibration set at the model's input size"
+            f"'{input_name}' of {path} takes {expected}; write the calibration set at the model's input size "
+            "('mimicnorm-deploy prepare-data --image-size')"
         )
     fixed_batch = dims[0]
     if fixed_batch is not None and (batch_size != fixed_batch or len(images) % fixed_batch):

@@ -42,10 +42,10 @@ from calibration.qdq import constant_tensors
 from calibration.thresholds import NUM_BINS, AbsHistogram, abs_histogram, entropy_amax, mse_amax, percentile_amax
 from engines.artifacts import read_json, sha256_file, write_json
 from engines.errors import UserError
+from engines.schemas import ACTIVATION_RANGES
 
 METHODS = ("minmax", "percentile", "mse", "entropy")
 DEFAULT_PERCENTILE = 99.99
-RANGES_SCHEMA = ("mimicnorm-deploy/activation-ranges", 2)  # 2: unclipped_inputs
 # Elementwise ops through which the image input stays "pixels" when the other operand is a constant.
 PIXEL_PRESERVING_OPS = ("Mul", "Add", "Sub", "Div")
 
@@ -84,11 +84,11 @@ class ActivationRanges:
             )
 
     def save(self, path: str | os.PathLike) -> Path:
-        return write_json(path, *RANGES_SCHEMA, asdict(self))
+        return write_json(path, *ACTIVATION_RANGES, asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ActivationRanges:
-        document = read_json(path, *RANGES_SCHEMA)
+        document = read_json(path, *ACTIVATION_RANGES)
         return cls(**{name: document[name] for name in cls.__dataclass_fields__})
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from engines.artifacts import load_image_set  # noqa: E402
 from engines.errors import UserError  # noqa: E402
+from engines.schemas import INT8_STUDY, INT8_STUDY_MODEL  # noqa: E402
 
 NORMS = ("mimic", "bn")
 CALIBRATION_COUNT = 1024  # first half: activation ranges; second half: the plan's gate
@@ -78,8 +79,6 @@ PLAN_METHODS = ("minmax", "entropy")  # gated plans start from per-tensor INT8 w
 CLIPPED_INPUT = "per-tensor entropy, input clipped too"  # TensorRT's calibrator on every tensor
 CLE_METHODS = ("minmax", "percentile")  # per-tensor INT8 after cross-layer equalization
 RESULT_FILE = "study_result.json"
-RESULT_SCHEMA = ("mimicnorm-deploy/int8-study-model", 1)
-STUDY_SCHEMA = ("mimicnorm-deploy/int8-study", 1)
 
 
 def ort_logits(model_path: str | Path, images, *, kernels: bool = False):
@@ -208,19 +207,19 @@ def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
                     raise UserError(f"{directory}: no model.onnx; run this script with --phase train first")
                 path = directory / RESULT_FILE
                 if path.is_file():
-                    document = read_json(path, *RESULT_SCHEMA)
+                    document = read_json(path, *INT8_STUDY_MODEL)
                     result = {k: v for k, v in document.items() if k not in ("schema", "schema_version")}
                 else:
                     started = time.perf_counter()
                     result = evaluate_model(directory, data, lambda m, tag=f"[{arch} {norm} seed {seed}]": print(
                         f"{tag} {m}", flush=True))  # fmt: skip
-                    write_json(path, *RESULT_SCHEMA, {"arch": arch, "norm": norm, "seed": seed, **result})
+                    write_json(path, *INT8_STUDY_MODEL, {"arch": arch, "norm": norm, "seed": seed, **result})
                     print(f"[{arch} {norm} seed {seed}] evaluated in {(time.perf_counter() - started) / 60:.1f} min",
                           flush=True)  # fmt: skip
                 if "cle" not in result:  # results from before the CLE columns get them added
                     result["cle"] = evaluate_equalized(directory, data, lambda m, tag=f"[{arch} {norm} seed {seed}]":
                                                        print(f"{tag} {m}", flush=True))  # fmt: skip
-                    write_json(path, *RESULT_SCHEMA, {"arch": arch, "norm": norm, "seed": seed, **result})
+                    write_json(path, *INT8_STUDY_MODEL, {"arch": arch, "norm": norm, "seed": seed, **result})
                 rows.append({"arch": arch, "norm": norm, "seed": seed, **result})
     return rows
 
@@ -318,7 +317,7 @@ def main() -> int:
             table = summarize(rows)
             print(table)
             atomic_write_text(out / "study.md", table)
-            write_json(out / "study.json", *STUDY_SCHEMA, {"rows": rows})
+            write_json(out / "study.json", *INT8_STUDY, {"rows": rows})
             print(f"written {out / 'study.md'}, {out / 'study.json'}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

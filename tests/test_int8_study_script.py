@@ -59,7 +59,7 @@ def test_results_from_before_the_cle_columns_get_them_added(tmp_path):
         directory.mkdir(parents=True)
         make_tiny_mobilenet(directory / "model.onnx", channel_scales=scales)
         old = {"arch": "tiny", "norm": norm, "seed": 0, "fp32": 0.5, "int8": {}, "plans": {}}
-        write_json(directory / study.RESULT_FILE, *study.RESULT_SCHEMA, old)
+        write_json(directory / study.RESULT_FILE, *study.INT8_STUDY_MODEL, old)
     rng = np.random.default_rng(0)
     for name, n in (("calib", 128), ("test", 64)):
         pixels = (random_images(n, seed=n) * 255).astype(np.uint8)
@@ -70,4 +70,4 @@ def test_results_from_before_the_cle_columns_get_them_added(tmp_path):
     assert cle["pairs"] == 2 and cle["worst_spread"] < 10
     rows = [r for r in study.evaluate_models(Namespace(archs=["tiny"], seeds=[0]), tmp_path) if r["norm"] == "bn"]
     assert rows[0]["cle"] == cle  # computed once, added to the old result, and saved
-    assert read_json(directory / study.RESULT_FILE, *study.RESULT_SCHEMA)["cle"] == cle
+    assert read_json(directory / study.RESULT_FILE, *study.INT8_STUDY_MODEL)["cle"] == cle

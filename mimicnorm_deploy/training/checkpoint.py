@@ -20,10 +20,9 @@ from torch import nn
 
 from engines.artifacts import atomic_path
 from engines.errors import UserError
+from engines.schemas import CHECKPOINT
 from mimicnorm_deploy.training.models import create_model
 
-CHECKPOINT_SCHEMA = "mimicnorm-deploy/checkpoint"
-CHECKPOINT_VERSION = 1
 _METADATA_KEY = "mimicnorm_deploy"
 # The model's input and output names in every engine built from it (ONNX export, torch backend),
 # so one set of feeds runs on any of them.
@@ -61,7 +60,7 @@ class CheckpointMeta:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta) -> Path:
     header = {
-        _METADATA_KEY: json.dumps({"schema": CHECKPOINT_SCHEMA, "schema_version": CHECKPOINT_VERSION, **asdict(meta)})
+        _METADATA_KEY: json.dumps({"schema": CHECKPOINT[0], "schema_version": CHECKPOINT[1], **asdict(meta)})
     }
     tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -91,7 +90,7 @@ def read_checkpoint_meta(path: str | os.PathLike) -> CheckpointMeta:
                         "re-run 'train' or 'freeze'") from None  # fmt: skip
     if not isinstance(document, dict):
         raise UserError(f"{p}: checkpoint metadata is a JSON {type(document).__name__}, not an object; re-run 'train'")
-    if document.pop("schema", None) != CHECKPOINT_SCHEMA or document.pop("schema_version", None) != CHECKPOINT_VERSION:
+    if document.pop("schema", None) != CHECKPOINT[0] or document.pop("schema_version", None) != CHECKPOINT[1]:
         raise UserError(f"{p}: checkpoint schema not supported by this version; re-run 'train'")
     return _meta_from(document, p)
 

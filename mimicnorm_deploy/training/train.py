@@ -28,7 +28,7 @@ from torch import nn
 
 from engines.artifacts import atomic_path, atomic_write_text, write_json
 from engines.errors import UserError
-from engines.schemas import TRAIN_REPORT
+from engines.schemas import TRAIN_REPORT, TRAIN_STATE
 from mimicnorm_deploy.training import distributed
 from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint
 from mimicnorm_deploy.training.data import Dataset, augment_batch, random_resized_crop_batch, to_model_input
@@ -40,7 +40,6 @@ TRAIN_REPORT_FILE = "train_report.json"
 # The resumable state: torch.save of tensors and plain Python values only, read back with
 # torch.load(weights_only=True), which refuses anything else (no code runs on load).
 TRAIN_STATE_FILE = "train_state.pt"
-TRAIN_STATE_VERSION = 1
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -359,7 +358,7 @@ class Trainer:
         """Everything the rest of the run depends on, as tensors and plain Python values."""
         _, key, pos, has_gauss, cached_gaussian = np.random.get_state()
         return {
-            "version": TRAIN_STATE_VERSION,
+            "version": TRAIN_STATE[1],
             "config": asdict(self.config),
             "dataset": _dataset_signature(self.dataset),
             "epoch": self.epoch,
@@ -392,7 +391,7 @@ class Trainer:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling a damaged or foreign file fails in many ways
             raise UserError(f"{p}: not a readable training state ({type(exc).__name__}: {exc})") from None
-        if not isinstance(state, dict) or state.get("version") != TRAIN_STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") != TRAIN_STATE[1]:
             raise UserError(f"{p}: training state from another version of this tool; start a new run")
         ours = asdict(self.config)
         changed = sorted(k for k in ours.keys() | state["config"].keys() if ours.get(k) != state["config"].get(k))
