@@ -10,15 +10,6 @@ from engines.onnx_model import QDQ_OPS
 
 # Ops whose weights INT8 is for; a model without any has nothing worth quantizing.
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
-def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
-    """{"QuantizeLinear": n, "DequantizeLinear": m} for the main graph."""
-    counts = dict.fromkeys(QDQ_OPS, 0)
-    for node in model.graph.node:
-        if node.op_type in counts:
-            counts[node.op_type] += 1
-    return counts
-
-
 def qdq_zero_point_violations(model: onnx.ModelProto) -> list[str]:
     """Names of Q/DQ nodes TensorRT would reject: a zero point that is not an int8 initializer of zeros.
 

@@ -39,7 +39,6 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-from calibration.data import ProgressCallback
 from calibration.inputs import load_fp32_model
 from calibration.qdq import (
     dangling_qdq,
@@ -48,7 +47,7 @@ from calibration.qdq import (
     residual_branch_inputs,
     tensorrt_placement_violations,
 )
-from calibration.ranges import DEFAULT_PERCENTILE, ActivationRanges, calibrate_ranges, check_method
+from calibration.ranges import DEFAULT_PERCENTILE, ActivationRanges
 from engines.artifacts import atomic_path
 from engines.errors import UserError
 from engines.onnx_model import QDQ_OPS
@@ -90,35 +89,6 @@ class QuantizeResult:
     activation_scales: dict[str, float]  # FP32 tensor name -> scale of its QuantizeLinear (amax / 127)
     amax: dict[str, float] = field(default_factory=dict)  # calibrated amax of every FP32 tensor
     excluded_nodes: list[str] = field(default_factory=list)  # nodes left in float on request
-
-
-def quantize_int8(
-    model_path: str | os.PathLike,
-    calibration_images: np.ndarray,
-    output_path: str | os.PathLike,
-    config: QuantizeConfig,
-    progress: ProgressCallback | None = None,
-) -> QuantizeResult:
-    """Calibrate `model_path` (FP32 ONNX) on `calibration_images` and write its INT8 Q/DQ twin.
-
-    `calibration_images` are float32 model inputs, N x C x H x W. `progress(done, total)` is called
-    once per calibration batch. Bad input raises UserError before anything is written; the output
-    appears only once it is complete and checked.
-    """
-    check_method(config.method, config.percentile, config.batch_size)
-    _check_output_path(model_path, output_path)
-    ranges = calibrate_ranges(
-        model_path,
-        calibration_images,
-        config.method,
-        percentile=config.percentile,
-        batch_size=config.batch_size,
-        progress=progress,
-    )
-    return write_qdq_model(
-        model_path, ranges, output_path, per_channel=config.per_channel, reduce_range=config.reduce_range,
-        activations=config.activations, placement=config.placement,
-    )
 
 
 def write_qdq_model(

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from qdq_helpers import count_qdq
 from tiny_onnx import make_tiny_mobilenet, make_tiny_resnet, random_images
 
 from calibration.fp16 import FP16_MAX
-from calibration.qdq import count_qdq, qdq_zero_point_violations, tensorrt_placement_violations
+from calibration.qdq import qdq_zero_point_violations, tensorrt_placement_violations
 from calibration.ranges import ActivationRanges, images_sha256
 from engines.artifacts import load_image_set, save_image_set
 from engines.errors import UserError

@@ -5,11 +5,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from qdq_helpers import quantize
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.fp16 import convert_fp16, fp16_overflows
 from calibration.metrics import sqnr_db, top1_agreement
-from calibration.quantize import QuantizeConfig, quantize_int8
+from calibration.quantize import QuantizeConfig
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
 
@@ -91,7 +92,7 @@ def test_calibrated_activation_beyond_fp16_is_refused_by_name(fp32_model, tmp_pa
         (lambda tmp, fp32: _write(tmp / "junk.onnx", b"not a model"), "not an ONNX model"),
         (
             lambda tmp, fp32: Path(
-                quantize_int8(fp32, random_images(32), tmp / "int8.onnx", QuantizeConfig()).output_path
+                quantize(fp32, random_images(32), tmp / "int8.onnx", QuantizeConfig()).output_path
             ),
             "already quantized",
         ),

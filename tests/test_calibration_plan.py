@@ -5,11 +5,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from qdq_helpers import count_qdq
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.metrics import accuracy, sqnr_db
 from calibration.plan import layer_sensitivity, plan_precision, write_mixed_model
-from calibration.qdq import count_qdq, qdq_zero_point_violations, quantizable_layers, tensorrt_placement_violations
+from calibration.qdq import qdq_zero_point_violations, quantizable_layers, tensorrt_placement_violations
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
 from engines.precision_plan import Gate, PrecisionPlan, holdout_needed

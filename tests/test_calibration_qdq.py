@@ -2,9 +2,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from qdq_helpers import count_qdq
 from tiny_onnx import make_tiny_resnet
 
-from calibration.qdq import count_qdq, qdq_zero_point_violations
+from calibration.qdq import qdq_zero_point_violations
 from engines.onnx_model import is_quantized
 
 

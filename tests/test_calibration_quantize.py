@@ -5,18 +5,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from qdq_helpers import count_qdq, quantize
 from tiny_onnx import make_tiny_resnet, random_images
 
 import calibration.quantize
 from calibration.metrics import sqnr_db, top1_agreement
 from calibration.qdq import (
-    count_qdq,
     dangling_qdq,
     qdq_zero_point_violations,
     residual_branch_inputs,
     tensorrt_placement_violations,
 )
-from calibration.quantize import QuantizeConfig, quantize_int8, write_qdq_model
+from calibration.quantize import QuantizeConfig, write_qdq_model
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
 
@@ -55,7 +55,7 @@ def weight_dequantize_nodes(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]
 
 def test_quantized_model_is_valid_and_close_to_fp32(fp32_model, images, tmp_path):
     out_dir = tmp_path / "out"
-    result = quantize_int8(fp32_model, images, out_dir / "model.int8.onnx", QuantizeConfig(batch_size=16))
+    result = quantize(fp32_model, images, out_dir / "model.int8.onnx", QuantizeConfig(batch_size=16))
 
     assert sorted(p.name for p in out_dir.iterdir()) == ["model.int8.onnx"]  # no ORT or atomic-write leftovers
     assert sorted(p.name for p in fp32_model.parent.iterdir()) == ["model.onnx"]  # nothing written by the input
@@ -75,7 +75,7 @@ def test_quantized_model_is_valid_and_close_to_fp32(fp32_model, images, tmp_path
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_zero_points_are_int8_zeros_and_biases_stay_float(fp32_model, images, tmp_path, per_channel):
-    result = quantize_int8(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig(per_channel=per_channel))
+    result = quantize(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig(per_channel=per_channel))
     model = onnx.load(result.output_path)
     assert qdq_zero_point_violations(model) == []
     values = arrays(model)
@@ -92,9 +92,9 @@ def test_zero_points_are_int8_zeros_and_biases_stay_float(fp32_model, images, tm
 
 def test_per_channel_weight_scales_on_axis_0(fp32_model, images, tmp_path):
     per_channel = onnx.load(
-        quantize_int8(fp32_model, images, tmp_path / "pc.onnx", QuantizeConfig(per_channel=True)).output_path
+        quantize(fp32_model, images, tmp_path / "pc.onnx", QuantizeConfig(per_channel=True)).output_path
     )
-    per_tensor = onnx.load(quantize_int8(fp32_model, images, tmp_path / "pt.onnx", QuantizeConfig()).output_path)
+    per_tensor = onnx.load(quantize(fp32_model, images, tmp_path / "pt.onnx", QuantizeConfig()).output_path)
     for model, channelwise in ((per_channel, True), (per_tensor, False)):
         values = arrays(model)
         dequantize = weight_dequantize_nodes(model)
@@ -113,7 +113,7 @@ def test_per_channel_weight_scales_on_axis_0(fp32_model, images, tmp_path):
 def test_reduce_range_gives_7_bit_weights(fp32_model, images, tmp_path):
     def largest_weight_level(reduce_range: bool) -> int:
         config = QuantizeConfig(per_channel=True, reduce_range=reduce_range)
-        values = arrays(onnx.load(quantize_int8(fp32_model, images, tmp_path / "q.onnx", config).output_path))
+        values = arrays(onnx.load(quantize(fp32_model, images, tmp_path / "q.onnx", config).output_path))
         return max(int(np.abs(values[name]).max()) for name in WEIGHTS_Q)
 
     # ORT's reduced symmetric int8 range is [-64, 64] (not [-64, 63]); full range is [-127, 127].
@@ -125,7 +125,7 @@ def test_reduce_range_int8_kernels_match_float_simulation(fp32_model, images, tm
     # docs/BACKGROUND.md section 3: without VNNI, ORT's fused int8 kernels saturate on full-range weights;
     # with 7-bit weights they must agree with the float simulation of the same Q/DQ file on any CPU.
     config = QuantizeConfig(per_channel=True, reduce_range=True)
-    path = quantize_int8(fp32_model, images, tmp_path / "q.onnx", config).output_path
+    path = quantize(fp32_model, images, tmp_path / "q.onnx", config).output_path
     reference = run(fp32_model, images)
     kernels, simulated = (
         sqnr_db(reference, run(path, images)),
@@ -137,7 +137,7 @@ def test_reduce_range_int8_kernels_match_float_simulation(fp32_model, images, tm
 
 def test_minmax_scales_do_not_depend_on_batch_size(fp32_model, images, tmp_path):
     scales = [
-        quantize_int8(fp32_model, images, tmp_path / f"b{b}.onnx", QuantizeConfig(batch_size=b)).activation_scales
+        quantize(fp32_model, images, tmp_path / f"b{b}.onnx", QuantizeConfig(batch_size=b)).activation_scales
         for b in (1, 16, 64)
     ]
     assert set(scales[0]) == set(scales[1]) == set(scales[2])
@@ -147,7 +147,7 @@ def test_minmax_scales_do_not_depend_on_batch_size(fp32_model, images, tmp_path)
 
 def test_activation_scales_are_amax_over_127_under_fp32_names(fp32_model, images, tmp_path):
     config = QuantizeConfig(placement="onnxruntime")  # quantizes outputs too, the graph output among them
-    scales = quantize_int8(fp32_model, images, tmp_path / "q.onnx", config).activation_scales
+    scales = quantize(fp32_model, images, tmp_path / "q.onnx", config).activation_scales
     # ORT renames the quantized graph output; the result maps it back to the FP32 name.
     assert {"images", "x_norm", "c1", "r1", "c2", "res", "logits"} <= set(scales)
 
@@ -178,7 +178,7 @@ def test_written_scales_are_the_chosen_methods_amax_over_127(fp32_model, images,
 
 def test_quantize_int8_uses_the_configured_method(fp32_model, images, tmp_path):
     config = QuantizeConfig(method="percentile", percentile=99.0, batch_size=16)
-    result = quantize_int8(fp32_model, images, tmp_path / "q.onnx", config)
+    result = quantize(fp32_model, images, tmp_path / "q.onnx", config)
     ranges = calibrate_ranges(fp32_model, images, "percentile", percentile=99.0, batch_size=16)
     assert result.amax == ranges.amax
     assert result.config["method"] == "percentile" and result.config["percentile"] == 99.0
@@ -261,7 +261,7 @@ def test_uneven_channel_ranges_hurt_per_tensor_more_than_per_channel(tmp_path):
 
     def worst_channel_sqnr(per_channel: bool) -> float:
         model = onnx.load(
-            quantize_int8(planted, images, tmp_path / "q.onnx", QuantizeConfig(per_channel=per_channel)).output_path
+            quantize(planted, images, tmp_path / "q.onnx", QuantizeConfig(per_channel=per_channel)).output_path
         )
         node, values = weight_dequantize_nodes(model)["conv1.weight"], arrays(model)
         scale = values[node.input[1]].reshape(-1, 1, 1, 1) if per_channel else values[node.input[1]]
@@ -281,7 +281,7 @@ def test_uneven_channel_ranges_hurt_per_tensor_more_than_per_channel(tmp_path):
         per_channel: sqnr_db(
             reference,
             run(
-                quantize_int8(
+                quantize(
                     depthwise, images, tmp_path / "dwq.onnx", QuantizeConfig(per_channel=per_channel)
                 ).output_path,
                 images,
@@ -305,7 +305,7 @@ def _relu_only_model(path: Path) -> Path:
 
 
 def _already_quantized(tmp_path: Path, fp32_model: Path, images: np.ndarray) -> Path:
-    return Path(quantize_int8(fp32_model, images, tmp_path / "int8.onnx", QuantizeConfig()).output_path)
+    return Path(quantize(fp32_model, images, tmp_path / "int8.onnx", QuantizeConfig()).output_path)
 
 
 @pytest.mark.parametrize(
@@ -340,7 +340,7 @@ def test_bad_input_raises_user_error_and_writes_nothing(
     model_path = make_model(tmp_path / "in", fp32_model, images)
     out_dir = tmp_path / "out"
     with pytest.raises(UserError, match=message) as error:
-        quantize_int8(model_path, images[:n_images], out_dir / "model.int8.onnx", config)
+        quantize(model_path, images[:n_images], out_dir / "model.int8.onnx", config)
     assert "\n" not in str(error.value)
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
@@ -355,20 +355,20 @@ def test_bad_input_raises_user_error_and_writes_nothing(
 )
 def test_bad_calibration_images_raise_user_error(fp32_model, tmp_path, bad_images, message):
     with pytest.raises(UserError, match=message):
-        quantize_int8(fp32_model, bad_images, tmp_path / "q.onnx", QuantizeConfig(batch_size=8))
+        quantize(fp32_model, bad_images, tmp_path / "q.onnx", QuantizeConfig(batch_size=8))
     assert not any(tmp_path.iterdir())
 
 
 def test_refuses_to_overwrite_its_input(fp32_model, images):
     with pytest.raises(UserError, match="overwrite"):
-        quantize_int8(fp32_model, images, fp32_model, QuantizeConfig())
+        quantize(fp32_model, images, fp32_model, QuantizeConfig())
     onnx.checker.check_model(onnx.load(fp32_model))
 
 
 def test_failed_check_leaves_no_output(fp32_model, images, tmp_path, monkeypatch):
     monkeypatch.setattr(calibration.quantize, "qdq_zero_point_violations", lambda model: ["c1_QuantizeLinear"])
     with pytest.raises(RuntimeError, match="internal error.*c1_QuantizeLinear"):
-        quantize_int8(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig())
+        quantize(fp32_model, images, tmp_path / "q.onnx", QuantizeConfig())
     assert not any(tmp_path.iterdir())
 
 
@@ -388,8 +388,8 @@ def test_uint8_activations_for_onnx_runtime_on_x86(tmp_path):
     # reduce_range: 7-bit weights, as the cpu target uses on x86 without VNNI (where this test
     # may run); with full 8-bit weights ORT's fused kernels saturate there.
     ort_cpu = {"per_channel": True, "reduce_range": True, "placement": "onnxruntime"}
-    uint8 = quantize_int8(model, images, tmp_path / "u8.onnx", QuantizeConfig(**ort_cpu, activations="uint8"))
-    symmetric = quantize_int8(model, images, tmp_path / "s8.onnx", QuantizeConfig(**ort_cpu))
+    uint8 = quantize(model, images, tmp_path / "u8.onnx", QuantizeConfig(**ort_cpu, activations="uint8"))
+    symmetric = quantize(model, images, tmp_path / "s8.onnx", QuantizeConfig(**ort_cpu))
     assert uint8.config["activation_type"] == "QUInt8" and symmetric.config["activation_type"] == "QInt8"
 
     graph = onnx.load(str(tmp_path / "u8.onnx"))

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from qdq_helpers import count_qdq
 
 pytest.importorskip("torch")
 
-from calibration.qdq import count_qdq, qdq_zero_point_violations  # noqa: E402
+from calibration.qdq import qdq_zero_point_violations  # noqa: E402
 from engines.artifacts import save_image_set  # noqa: E402
 from engines.cpu import cpu_features  # noqa: E402
 from mimicnorm_deploy.cli import main  # noqa: E402
