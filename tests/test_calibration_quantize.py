@@ -176,7 +176,7 @@ def test_written_scales_are_the_chosen_methods_amax_over_127(fp32_model, images,
     assert qdq_zero_point_violations(onnx.load(result.output_path)) == []
 
 
-def test_quantize_int8_uses_the_configured_method(fp32_model, images, tmp_path):
+def test_quantize_uses_the_configured_method(fp32_model, images, tmp_path):
     config = QuantizeConfig(method="percentile", percentile=99.0, batch_size=16)
     result = quantize(fp32_model, images, tmp_path / "q.onnx", config)
     ranges = calibrate_ranges(fp32_model, images, "percentile", percentile=99.0, batch_size=16)
