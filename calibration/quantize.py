@@ -150,13 +150,7 @@ def write_qdq_model(
         atomic_path(output_path) as tmp,
         _without_pre_process_advice(),
     ):
-        cache = Path(tmp_dir) / "ranges.json"
-        bounds = {
-            name: (-amax, amax) if symmetric else ranges.asymmetric_range(name) for name, amax in ranges.amax.items()
-        }
-        tensor_ranges = {name: (np.array(lo, np.float32), np.array(hi, np.float32))
-                         for name, (lo, hi) in bounds.items()}  # fmt: skip
-        save_tensors_data(TensorsData(CalibrationMethod.MinMax, tensor_ranges), cache)
+        cache = _ranges_cache(ranges, symmetric, Path(tmp_dir) / "ranges.json")
         # A ModelProto, not the path: given a path, ORT writes `<model>-inferred.onnx` next to the
         # input model (and leaves it there if anything fails). Its other temporary files go to the
         # system temp directory.
@@ -179,18 +173,7 @@ def write_qdq_model(
         if float_inputs:
             _feed_float_inputs(quantized, float_inputs)
             onnx.save(quantized, tmp)
-        # Only the symmetric encoding promises zero points of 0 (TensorRT's requirement).
-        violations = qdq_zero_point_violations(quantized) if symmetric else []
-        if violations:
-            raise RuntimeError(
-                f"internal error: ONNX Runtime wrote Q/DQ nodes with a nonzero or non-int8 zero point "
-                f"({', '.join(violations[:5])}); TensorRT would reject the model"
-            )
-        violations = dangling_qdq(quantized)
-        if placement == "tensorrt":
-            violations += tensorrt_placement_violations(quantized)
-        if violations:
-            raise RuntimeError(f"internal error: misplaced Q/DQ nodes: {'; '.join(violations[:5])}")
+        _check_written(quantized, symmetric, placement)
 
     return QuantizeResult(
         output_path=str(output_path),
@@ -208,6 +191,31 @@ def write_qdq_model(
         amax=dict(ranges.amax),
         excluded_nodes=list(nodes_to_exclude),
     )
+
+
+def _ranges_cache(ranges: ActivationRanges, symmetric: bool, cache: Path) -> Path:
+    """`ranges` as ONNX Runtime's calibration cache: (-amax, amax) per tensor, or for uint8
+    activations the asymmetric range."""
+    bounds = {name: (-amax, amax) if symmetric else ranges.asymmetric_range(name) for name, amax in ranges.amax.items()}
+    tensor_ranges = {name: (np.array(lo, np.float32), np.array(hi, np.float32)) for name, (lo, hi) in bounds.items()}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, tensor_ranges), cache)
+    return cache
+
+
+def _check_written(quantized: onnx.ModelProto, symmetric: bool, placement: str) -> None:
+    """What ONNX Runtime wrote must keep our promises; a broken one is our bug, not the user's."""
+    # Only the symmetric encoding promises zero points of 0 (TensorRT's requirement).
+    violations = qdq_zero_point_violations(quantized) if symmetric else []
+    if violations:
+        raise RuntimeError(
+            f"internal error: ONNX Runtime wrote Q/DQ nodes with a nonzero or non-int8 zero point "
+            f"({', '.join(violations[:5])}); TensorRT would reject the model"
+        )
+    violations = dangling_qdq(quantized)
+    if placement == "tensorrt":
+        violations += tensorrt_placement_violations(quantized)
+    if violations:
+        raise RuntimeError(f"internal error: misplaced Q/DQ nodes: {'; '.join(violations[:5])}")
 
 
 def _check_output_path(model_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
