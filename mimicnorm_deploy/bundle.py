@@ -259,7 +259,3 @@ def _read_manifest(source: Path, staging: Path) -> dict[str, Any]:
         if name == BUNDLE_MANIFEST_NAME or name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
             raise UserError(f"{source}: {BUNDLE_MANIFEST_NAME} lists an unsafe path {name!r}; rebuild the bundle")
     return manifest
-
-
-def bundle_engines(manifest: dict[str, Any]) -> list[BundleEngine]:
-    return [BundleEngine(**engine) for engine in manifest["engines"]]

@@ -37,7 +37,6 @@ from engines.onnx_model import QDQ_OPS, load_onnx
 from engines.schemas import PRECISION_PLAN
 from engines.targets import Target, parse_tensorrt_version
 
-ARTIFACT_KINDS = ("fp32", "fp16", "qdq", "int8-cache")
 SUPPORTED_MAJORS = (10, 11)
 WARMUP_MS = 500  # as engines.bench: 0.5 s of warm-up, then at least 2 s of timed queries
 DURATION_S = 2
