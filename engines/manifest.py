@@ -52,6 +52,17 @@ class EngineManifest:
         _check_field_types(cls, document, path)
         return cls(**{f.name: document[f.name] for f in fields if f.name in document})
 
+    @classmethod
+    def read_for(cls, engine_dir: str | os.PathLike, backend: str) -> EngineManifest:
+        """The manifest of an engine that `backend`'s runner is about to open; another backend's
+        engine is a one-line error."""
+        manifest = cls.read(engine_dir)
+        if manifest.backend != backend:
+            raise UserError(
+                f"{engine_dir}: a {manifest.backend} engine, not {backend}; load it with engines.load_runner"
+            )
+        return manifest
+
 
 # JSON types of the manifest's annotated fields; checked on read, as a hand-edited manifest with
 # the wrong type would otherwise fail deep inside a runner.

@@ -32,11 +32,7 @@ def _check_session_options(options: dict, engine_dir: Path) -> None:
 class OnnxRuntimeRunner(Runner):
     def __init__(self, engine_dir: str | os.PathLike):
         self.engine_dir = Path(engine_dir)
-        self.manifest = EngineManifest.read(self.engine_dir)
-        if self.manifest.backend != BACKEND:
-            raise UserError(
-                f"{engine_dir}: a {self.manifest.backend} engine, not {BACKEND}; load it with engines.load_runner"
-            )
+        self.manifest = EngineManifest.read_for(self.engine_dir, BACKEND)
         check_engine(self.manifest, self.engine_dir, cpu_fingerprint(cpu_device()), backend_version=ort.__version__)
         self.model_path = self.engine_dir / self.manifest.engine_file
         _check_session_options(self.manifest.backend_options, self.engine_dir)

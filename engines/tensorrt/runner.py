@@ -68,9 +68,7 @@ class Runner(base.Runner):
 
     def __init__(self, engine_dir: str | os.PathLike):
         self.engine_dir = Path(engine_dir)
-        self.manifest = EngineManifest.read(engine_dir)
-        if self.manifest.backend != BACKEND:
-            raise UserError(f"{engine_dir}: a {self.manifest.backend} engine, not a TensorRT one")
+        self.manifest = EngineManifest.read_for(engine_dir, BACKEND)
         self.engine_file = self.engine_dir / self.manifest.engine_file
         if not self.engine_file.is_file() or sha256_file(self.engine_file) != self.manifest.engine_sha256:
             raise UserError(f"{self.engine_file}: engine file missing or changed since build; {REBUILD_HINT}")

@@ -24,11 +24,7 @@ class Runner(base.Runner):
 
     def __init__(self, engine_dir: str | os.PathLike):
         self.engine_dir = Path(engine_dir)
-        self.manifest = EngineManifest.read(self.engine_dir)
-        if self.manifest.backend != BACKEND:
-            raise UserError(
-                f"{engine_dir}: a {self.manifest.backend} engine, not {BACKEND}; load it with engines.load_runner"
-            )
+        self.manifest = EngineManifest.read_for(self.engine_dir, BACKEND)
         self.options = Options(**self.manifest.backend_options)
         self.device = self._device_here()
         # The engine is weights plus the model's code, which any torch runs: the version is
