@@ -208,10 +208,17 @@ def _without_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     float_model.CopyFrom(model)
     for node in float_model.graph.node:
         for index, name in enumerate(node.input):
-            dequantize = producers.get(name)
-            if dequantize is None or dequantize.op_type != "DequantizeLinear":
-                continue
-            quantize = producers.get(dequantize.input[0])
-            if quantize is not None and quantize.op_type == "QuantizeLinear":
-                node.input[index] = quantize.input[0]
+            node.input[index] = qdq_source(name, producers) or name
     return float_model
+
+
+def qdq_source(name: str, producers: dict[str, onnx.NodeProto]) -> str | None:
+    """The float tensor that a QuantizeLinear -> DequantizeLinear pair turns into `name`, or None
+    when `name` is not the output of such a pair."""
+    dequantize = producers.get(name)
+    if dequantize is None or dequantize.op_type != "DequantizeLinear":
+        return None
+    quantize = producers.get(dequantize.input[0])
+    if quantize is None or quantize.op_type != "QuantizeLinear":
+        return None
+    return quantize.input[0]

@@ -42,6 +42,7 @@ from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 from calibration.inputs import load_fp32_model
 from calibration.qdq import (
     dangling_qdq,
+    qdq_source,
     qdq_zero_point_violations,
     quantizable_layers,
     residual_branch_inputs,
@@ -250,12 +251,7 @@ def _feed_float_inputs(model: onnx.ModelProto, float_inputs: dict[str, set[int] 
         for index, name in enumerate(node.input):
             if indices is not None and index not in indices:
                 continue
-            dequantize = producers.get(name)
-            if dequantize is None or dequantize.op_type != "DequantizeLinear":
-                continue
-            quantize = producers.get(dequantize.input[0])
-            if quantize is not None and quantize.op_type == "QuantizeLinear":
-                node.input[index] = quantize.input[0]
+            node.input[index] = qdq_source(name, producers) or name
     graph_outputs = {output.name for output in model.graph.output}
     while True:
         read = {name for node in model.graph.node for name in node.input} | graph_outputs
