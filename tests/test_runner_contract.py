@@ -10,7 +10,6 @@ output "logits" (batch, 3) float32.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ def frozen_reference_logits(model: Path, images: np.ndarray) -> np.ndarray:
         return load_checkpoint(model)[0](torch.from_numpy(images)).numpy()
 
 
-def needs_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def needs_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("torch")
 
 
@@ -64,7 +63,7 @@ def needs_torch(monkeypatch: pytest.MonkeyPatch) -> None:
 class BackendCase:
     backend: str
     # Called first in every test, e.g. to install a fake runtime with monkeypatch.setitem(sys.modules, ...).
-    install: Callable[[pytest.MonkeyPatch], None] | None = None
+    install: Callable[[pytest.MonkeyPatch, Path], None] | None = None
     # False for a fake runtime that does no arithmetic: outputs are then checked for shape and dtype only.
     computes: bool = True
     rtol: float = 1e-5
@@ -74,10 +73,10 @@ class BackendCase:
     reference: Callable[[Path, np.ndarray], np.ndarray] = reference_logits
 
 
-def _install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+def _install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The recording fake (tests/fake_tensorrt.py) runs the parsed ONNX with ONNX Runtime, so it computes.
     fake_tensorrt.install(monkeypatch)
-    monkeypatch.setenv("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="fake-tensorrt-cache."))  # the timing cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the timing cache, never the user's
 
 
 CASES = [
@@ -100,7 +99,7 @@ class Built:
 def built(request, tmp_path, monkeypatch) -> Built:
     case: BackendCase = request.param
     if case.install is not None:
-        case.install(monkeypatch)
+        case.install(monkeypatch, tmp_path)
     model = case.make_model(tmp_path / "model.onnx")
     manifest = build_engine(model, tmp_path / "engine", backend=case.backend)
     return Built(case, model, tmp_path / "engine", manifest)
