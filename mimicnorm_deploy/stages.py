@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,12 @@ from engines.paths import StageIO
 from engines.precision_plan import Gate, holdout_needed
 from engines.schemas import BENCH, CALIBRATION, DATA_SOURCE
 from engines.targets import DEFAULT_TARGET, get_target
+
+if TYPE_CHECKING:
+    from calibration.equalize import EqualizeResult
+    from calibration.ranges import ActivationRanges
+    from calibration.targets import TargetEncoding
+    from engines.precision_plan import PrecisionPlan
 
 Progress = Callable[[str], None]
 # Where each input comes from, for the one-line errors about a wrong path.
@@ -463,43 +469,87 @@ def calibrate_stage(
     - with `equalize`, first `<out>.equalized.onnx`, the cross-layer-equalized FP32 model that
       everything else is then made from (a complete artifact of its own, recorded by `equalize`).
     """
-    from calibration.metrics import weight_range_spread, worst_spread
-    from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
     from calibration.targets import encoding_for
 
     out = Path(out_path)
     encoding = encoding_for(options.target)
     high_precision = options.high_precision or encoding.high_precision
-    if options.fp16_io not in ("fp32", "fp16"):
-        raise UserError(f"FP16 model input/output type {options.fp16_io!r} is not fp32 or fp16")
-    calibrate_io(model, calibration_set, out, options)
-    trt_cache = None if options.trt_cache is None else Path(options.trt_cache)
-    trt_version = None if trt_cache is None else _cache_trt_version(options)
-    fp16 = None if options.fp16 is None else Path(options.fp16)
-    _check_image_sets(model, [calibration_set] + ([options.eval_set] if options.eval_set else []))
-    images, labels = load_image_set(_verified(calibration_set))
-    split = _split_holdout(images, labels, options)
+    trt_version = _checked_calibrate_request(model, calibration_set, out, options)
+    split = _split_holdout(*load_image_set(_verified(calibration_set)), options)
     equalization = None  # options checked first: bad ones write nothing
     if options.equalize:
         model, equalization = equalize_stage(model, out.with_name(f"{out.stem}.equalized.onnx"))
+    say = _say_to(progress)
+    ranges = _calibration_ranges(model, split, options, say)
+    plan = _plan(model, ranges, split, options, encoding, high_precision, say) if options.gated else None
+    context = _CalibrationContext(model, out, options, encoding, high_precision, split, ranges, plan, equalization)
+    record, products = _write_calibration(context, trt_version, say)
+    params = {**asdict(options), "activations": encoding.activations, "reduce_range": encoding.reduce_range,
+              "placement": encoding.placement, "high_precision": high_precision}  # fmt: skip
+    inputs = [model, calibration_set] + ([options.eval_set] if options.eval_set else [])
+    for product in products:
+        _record(product, "calibrate", inputs, params)
+    return record
 
+
+def _checked_calibrate_request(
+    model: str | os.PathLike, calibration_set: str | os.PathLike, out: Path, options: CalibrateOptions
+) -> int | None:
+    """Every option, path and image set checked before any work; the cache's TensorRT version
+    (None without a cache)."""
+    if options.fp16_io not in ("fp32", "fp16"):
+        raise UserError(f"FP16 model input/output type {options.fp16_io!r} is not fp32 or fp16")
+    calibrate_io(model, calibration_set, out, options)
+    trt_version = None if options.trt_cache is None else _cache_trt_version(options)
+    _check_image_sets(model, [calibration_set] + ([options.eval_set] if options.eval_set else []))
+    return trt_version
+
+
+def _say_to(progress: Progress | None) -> Progress:
     def say(message: str) -> None:
         if progress is not None:
             progress(message)
 
-    ranges = calibrate_ranges(
+    return say
+
+
+def _calibration_ranges(model, split: _CalibrationSplit, options: CalibrateOptions, say: Progress):
+    """The activation ranges, from the calibration images outside the hold-out."""
+    from calibration.ranges import DEFAULT_PERCENTILE, calibrate_ranges
+
+    return calibrate_ranges(
         _verified(model), split.range_images, options.method, batch_size=options.batch_size,
         percentile=DEFAULT_PERCENTILE if options.percentile is None else options.percentile,
         progress=lambda done, total: say(f"calibration batch {done}/{total}"),
     )  # fmt: skip
-    plan = _plan(model, ranges, split, options, encoding, high_precision, say) if options.gated else None
-    quality_set = _quality_images(split, options.eval_set)
+
+
+@dataclass
+class _CalibrationContext:
+    """What calibrate decided before writing anything: the products are made from it."""
+
+    model: str | os.PathLike  # the FP32 model they are made from (the equalized one with --equalize)
+    out: Path
+    options: CalibrateOptions
+    encoding: TargetEncoding
+    high_precision: str
+    split: _CalibrationSplit
+    ranges: ActivationRanges
+    plan: PrecisionPlan | None  # None without a gate
+    equalization: EqualizeResult | None  # None without --equalize
+
+
+def _write_calibration(context: _CalibrationContext, trt_version: int | None, say: Progress):
+    """Every product written together (staged, moved into place on success): the record and the
+    products' paths."""
+    model, out, options, ranges, plan = context.model, context.out, context.options, context.ranges, context.plan
+    quality_set = _quality_images(context.split, options.eval_set)
     title = f"{out.name}: {options.target}, {ranges.method}, " + ("per-channel" if options.per_channel else
                                                                     "per-tensor")  # fmt: skip
     products = [out.with_suffix(".json"), out.with_suffix(".ranges.json")]
     with staged_files(out.parent) as staging:
-        result, written = _write_calibrated_model(model, ranges, plan, staging, out, options, encoding,
-                                                  high_precision)  # fmt: skip
+        result, written = _write_calibrated_model(model, ranges, plan, staging, out, options, context.encoding,
+                                                  context.high_precision)  # fmt: skip
         products += written
         ranges.save(staging / out.with_suffix(".ranges.json").name)
         say(f"quality report on {len(quality_set[0])} images ({quality_set[2]})")
@@ -507,30 +557,44 @@ def calibrate_stage(
         products += written
         if result is not None:
             result.output_path = str(out)  # where it will be once the staged files are moved
-        spreads = weight_range_spread(str(model))
-        record: dict[str, Any] = {
-            "model": str(model), "output": str(out), "target": options.target, "encoding": asdict(encoding),
-            "high_precision": high_precision,
-            "method": ranges.method, "percentile": ranges.percentile, "calibration_images": len(split.range_images),
-            "holdout_images": len(split.holdout_images), "quantize": asdict(result) if result is not None else None,
-            "plan": asdict(plan) if plan is not None else None, "quality": asdict(quality),
-            "weight_spread": [asdict(s) for s in spreads], "worst_weight_spread": asdict(worst_spread(spreads)),
-            "equalization": asdict(equalization) if equalization is not None else None,
-        }  # fmt: skip
-        if trt_cache is not None:
-            products += _write_trt_cache(trt_cache, ranges, staging, trt_version)
-            record["trt_cache"] = str(trt_cache)
-            record["trt_cache_version"] = trt_version
-        if fp16 is not None:
-            products += _write_fp16_model(model, fp16, ranges, staging, options.fp16_io)
-            record["fp16"] = str(fp16)
+        record = _calibration_record(context, result, quality)
+        products += _write_extra_products(context, staging, trt_version, record)
         write_json(staging / out.with_suffix(".json").name, *CALIBRATION, record)
-    params = {**asdict(options), "activations": encoding.activations, "reduce_range": encoding.reduce_range,
-              "placement": encoding.placement, "high_precision": high_precision}  # fmt: skip
-    inputs = [model, calibration_set] + ([options.eval_set] if options.eval_set else [])
-    for product in products:
-        _record(product, "calibrate", inputs, params)
-    return record
+    return record, products
+
+
+def _calibration_record(context: _CalibrationContext, result, quality) -> dict[str, Any]:
+    """The calibration record (<out>.json) before the extra products add their entries."""
+    from calibration.metrics import weight_range_spread, worst_spread
+
+    spreads = weight_range_spread(str(context.model))
+    ranges, plan, split, equalization = context.ranges, context.plan, context.split, context.equalization
+    return {
+        "model": str(context.model), "output": str(context.out), "target": context.options.target,
+        "encoding": asdict(context.encoding), "high_precision": context.high_precision,
+        "method": ranges.method, "percentile": ranges.percentile, "calibration_images": len(split.range_images),
+        "holdout_images": len(split.holdout_images), "quantize": asdict(result) if result is not None else None,
+        "plan": asdict(plan) if plan is not None else None, "quality": asdict(quality),
+        "weight_spread": [asdict(s) for s in spreads], "worst_weight_spread": asdict(worst_spread(spreads)),
+        "equalization": asdict(equalization) if equalization is not None else None,
+    }  # fmt: skip
+
+
+def _write_extra_products(
+    context: _CalibrationContext, staging: Path, trt_version: int | None, record: dict[str, Any]
+) -> list[Path]:
+    """The TensorRT cache and the FP16 model when asked for, each named in the record."""
+    options, products = context.options, []
+    if options.trt_cache is not None:
+        trt_cache = Path(options.trt_cache)
+        products += _write_trt_cache(trt_cache, context.ranges, staging, trt_version)
+        record["trt_cache"] = str(trt_cache)
+        record["trt_cache_version"] = trt_version
+    if options.fp16 is not None:
+        fp16 = Path(options.fp16)
+        products += _write_fp16_model(context.model, fp16, context.ranges, staging, options.fp16_io)
+        record["fp16"] = str(fp16)
+    return products
 
 
 def build_stage(
