@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines import DEFAULT_BACKEND
-from engines.bench import SWEEP_BATCH_SIZES, BenchPlan
-from engines.errors import UserError
-from engines.paths import StageIO
-from engines.registry import BACKENDS
-from engines.targets import DEFAULT_TARGET, TARGETS
-from mimicnorm_deploy.arguments import (
+from engines.arguments import (
+    Flag,
     batch_sizes_or_sweep,
     finite_float,
     non_negative_float,
@@ -32,6 +28,11 @@ from mimicnorm_deploy.arguments import (
     positive_int_list,
     unit_interval,
 )
+from engines.bench import SWEEP_BATCH_SIZES, BenchPlan
+from engines.errors import UserError
+from engines.paths import StageIO
+from engines.registry import BACKENDS, options_module
+from engines.targets import DEFAULT_TARGET, TARGETS
 from mimicnorm_deploy.failures import OneLineArgumentParser, run_cli
 from mimicnorm_deploy.latency_stats import TOLERANCE
 from mimicnorm_deploy.progress import ProgressPrinter
@@ -350,43 +351,49 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=DEFAULT_BACKEND,
                    help=f"the runtime that builds and runs the engine (default {DEFAULT_BACKEND}): "
                    f"{', '.join(BACKENDS)}")  # fmt: skip
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "as-typed"],
-                   help="checked against the model (onnxruntime); tensorrt: as-typed (default: the file's types, "
-                   "strongly typed), or fp16/fp32/int8 as TensorRT 10 builder flags; torch: fp32 (default), fp16 "
-                   "or bf16 weights and arithmetic")  # fmt: skip
-    p.add_argument("--simulate", action="store_true", help="onnxruntime: run Q/DQ as float ops (INT8 simulated)")
-    trt = p.add_argument_group("tensorrt options (docs/TENSORRT.md)")
-    trt.add_argument("--target", help="engines/targets.py: desktop-gpu (default), jetson-orin-agx|nx|nano[-dla0|1]")
-    trt.add_argument("--calibration-cache", help="TensorRT 10: the FP32 model's calibration cache from calibrate")
-    trt.add_argument("--plan", help="precision plan JSON from calibrate (its FP16/FP32 layers are pinned)")
-    for bound in ("min", "opt", "max"):
-        trt.add_argument(f"--{bound}-batch", type=positive_int, help=f"optimization profile: {bound} batch size")
-    trt.add_argument("--timing-cache-dir", help="default ~/.cache/mimicnorm-deploy/tensorrt")
-    trt.add_argument("--workspace-mib", type=positive_int, help="builder workspace cap (default: the target's)")
-    trt.add_argument("--optimization-level", type=non_negative_int, dest="builder_optimization_level", help="0-5")
-    trt.add_argument("--version-compatible", action="store_true", help="runs on later TensorRT of the same major")
-    trt.add_argument("--hardware-compatibility", choices=["none", "ampere-plus", "same-compute-capability"])
-    trt.add_argument("--cuda-graph", action="store_true", help="the runner replays inference as a CUDA graph")
-    torch_options = p.add_argument_group("torch options (the model is freeze's frozen .safetensors)")
-    torch_options.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    torch_options.add_argument("--mode", choices=["eager", "compile", "cuda-graph"],
-                       help="eager (default); torch.compile (compiled at the first inference of each batch size); "
-                       "cuda-graph (one graph per input shape, replayed)")  # fmt: skip
-    torch_options.add_argument("--channels-last", action="store_true", help="NHWC activations")
+    _add_backend_flags(p)
 
 
-# Backend options the command line can set (argparse dest -> Options field); unset ones keep the default.
-_BACKEND_OPTION_FLAGS = ("precision", "target", "calibration_cache", "plan", "min_batch", "opt_batch", "max_batch",
-                         "timing_cache_dir", "workspace_mib", "builder_optimization_level", "version_compatible",
-                         "hardware_compatibility", "cuda_graph", "device", "mode", "channels_last")  # fmt: skip
+def _backend_flags() -> dict[str, list[tuple[str, Flag]]]:
+    """Every flag the backends declare (engines/<backend>/options.py FLAGS) -> [(backend, its declaration)]."""
+    flags: dict[str, list[tuple[str, Flag]]] = {}
+    for backend in BACKENDS:
+        for flag in options_module(backend).FLAGS:
+            flags.setdefault(flag.name, []).append((backend, flag))
+    return flags
 
 
-def _build_options(args: argparse.Namespace) -> dict:
-    """The backend options the command line set; engines.registry.backend_options refuses those
-    the backend does not have."""
-    values = {name: getattr(args, name) for name in _BACKEND_OPTION_FLAGS if getattr(args, name) not in (None, False)}
-    if args.simulate:
-        values["graph_optimization"] = "disabled"
+def _add_backend_flags(p: argparse.ArgumentParser) -> None:
+    """Each backend's flags in its own group; a flag several backends declare (--precision) once,
+    with each backend's help and all their choices."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, declared in _backend_flags().items():
+        backend, flag = declared[0]
+        if any((f.field, f.const, f.type) != (flag.field, flag.const, flag.type) for _, f in declared):
+            raise ValueError(f"backends {[b for b, _ in declared]} declare {name} differently")
+        if len(declared) == 1:
+            if backend not in groups:
+                groups[backend] = p.add_argument_group(f"{backend} options", BACKENDS[backend].summary)
+            parser, help_text, choices = groups[backend], flag.help, flag.choices
+        else:
+            parser = p
+            help_text = "; ".join(f"{b}: {f.help}" for b, f in declared)
+            merged = [choice for _, f in declared for choice in f.choices or ()]
+            choices = tuple(dict.fromkeys(merged)) or None
+        if flag.const is not None:
+            parser.add_argument(name, dest=flag.dest, action="store_const", const=flag.const, help=help_text)
+        else:
+            parser.add_argument(name, dest=flag.dest, type=flag.type, choices=choices, help=help_text)
+
+
+def _backend_option_values(args: argparse.Namespace) -> dict:
+    """The backend options the command line set (Options field -> value), whichever backend declares
+    them; engines.registry.backend_options refuses those the chosen backend does not have."""
+    values = {}
+    for declared in _backend_flags().values():
+        flag = declared[0][1]
+        if getattr(args, flag.dest) is not None:
+            values[flag.field] = getattr(args, flag.dest)
     return values
 
 
@@ -394,7 +401,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
     from engines.registry import backend_options
     from mimicnorm_deploy.stages import build_stage
 
-    options = backend_options(args.backend, **_build_options(args))
+    options = backend_options(args.backend, **_backend_option_values(args))
     manifest = build_stage(args.model, args.out, backend=args.backend, options=options)
     print(f"{args.out}: {manifest.backend} {manifest.backend_version}, {manifest.precision} for target "
           f"{manifest.target}, backend options {manifest.backend_options}")  # fmt: skip

@@ -26,8 +26,8 @@ from fuzz_workspace import CLASSES, IN_CHANS, SIZE, Workspace, run_cli, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engines import arguments
 from engines.artifacts import save_image_set
-from mimicnorm_deploy import arguments
 from mimicnorm_deploy.cli import build_parser
 
 EXAMPLES = int(os.environ.get("MIMICNORM_FUZZ_EXAMPLES", "40"))
@@ -74,7 +74,7 @@ def _output_slots() -> list[Slot]:
 
 
 def _number_slots() -> list[tuple[str, str, object]]:
-    """(command, option, converter) for every option typed by mimicnorm_deploy.arguments."""
+    """(command, option, converter) for every option typed by engines.arguments."""
     return [(name, action.option_strings[0], action.type) for name, sub in COMMANDS.items()
             for action in sub._actions
             if action.option_strings and getattr(action.type, "__module__", "") == arguments.__name__]  # fmt: skip

@@ -58,3 +58,15 @@ def test_importing_engines_loads_no_backend():
             "print(loaded)\n")  # fmt: skip
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+def test_the_cli_and_every_backends_flags_load_no_runtime():
+    # `build --help` must work on any machine: each backend's options module (its Options and FLAGS)
+    # imports no runtime, and the backend packages export the rest lazily.
+    code = ("import sys\nfrom engines.registry import BACKENDS, options_module\n"
+            "from mimicnorm_deploy.cli import build_parser\nbuild_parser()\n"
+            "for name in BACKENDS:\n    options_module(name)\n"
+            "runtimes = ('torch', 'tensorrt', 'pycuda', 'cuda', 'onnxruntime')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in runtimes))\n")  # fmt: skip
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert completed.stdout.strip() == "[]"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from engines.engine_dir import check_replaceable, staged_engine_dir
 from engines.errors import UserError
 from engines.manifest import EngineManifest
 from engines.onnx_model import graph_precision, load_onnx
+from engines.onnxruntime.options import PRECISIONS, Options
 from engines.onnxruntime.runner import BACKEND
 from engines.onnxruntime.session import GRAPH_OPTIMIZATION_LEVELS, create_session
 
@@ -28,21 +28,7 @@ if TYPE_CHECKING:
 
 ENGINE_MODEL_FILE = "model.onnx"
 TARGET = "cpu"  # the one target (engines.targets) this backend builds for
-PRECISIONS = ("fp32", "fp16", "int8")
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
-
-
-@dataclass
-class Options:
-    """How to build (and run) an ONNX Runtime CPU engine."""
-
-    precision: str | None = None  # fp32, fp16 or int8, checked against the model; None: the model's own
-    graph_optimization: str = "all"  # a key of GRAPH_OPTIMIZATION_LEVELS; "disabled" simulates INT8
-    intra_op_threads: int | None = None  # None: ONNX Runtime's default (one per core)
-
-    def session_options(self) -> dict:
-        """What the runner must create its session with (the manifest's backend_options)."""
-        return {"graph_optimization": self.graph_optimization, "intra_op_threads": self.intra_op_threads}
 
 
 def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, options: Options) -> EngineManifest:

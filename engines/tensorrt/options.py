@@ -7,12 +7,15 @@ Build paths:
 - `calibration-cache` (TensorRT 10 only): the FP32 file, INT8 + FP16 builder flags, our cache read
   by a calibrator that never asks for images, the plan's high-precision layers pinned.
 - `weakly-typed` (TensorRT 10 only): the FP32 file with the FP16 flag (`fp16`) or none (`fp32`).
+
+Imports neither TensorRT nor a CUDA binding: the CLI reads FLAGS (the `build` flags) wherever it runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engines.arguments import Flag, non_negative_int, positive_int
 from engines.errors import UserError
 from engines.targets import Target, get_target
 
@@ -43,6 +46,23 @@ class Options:
     def batch_profile(self) -> tuple[int, int, int]:
         return self.min_batch, self.opt_batch if self.opt_batch is not None else self.max_batch, self.max_batch
 
+
+
+FLAGS = (
+    Flag("--precision", "precision", "as-typed (default: the file's types, strongly typed), or fp16/fp32/int8 as "
+         "TensorRT 10 builder flags", choices=PRECISIONS),  # fmt: skip
+    Flag("--target", "target", "engines/targets.py: desktop-gpu (default), jetson-orin-agx|nx|nano[-dla0|1]"),
+    Flag("--calibration-cache", "calibration_cache", "TensorRT 10: the FP32 model's calibration cache from calibrate"),
+    Flag("--plan", "plan", "precision plan JSON from calibrate (its FP16/FP32 layers are pinned)"),
+    *(Flag(f"--{bound}-batch", f"{bound}_batch", f"optimization profile: {bound} batch size", type=positive_int)
+      for bound in ("min", "opt", "max")),  # fmt: skip
+    Flag("--timing-cache-dir", "timing_cache_dir", "default ~/.cache/mimicnorm-deploy/tensorrt"),
+    Flag("--workspace-mib", "workspace_mib", "builder workspace cap (default: the target's)", type=positive_int),
+    Flag("--optimization-level", "builder_optimization_level", "0-5", type=non_negative_int),
+    Flag("--version-compatible", "version_compatible", "runs on later TensorRT of the same major", const=True),
+    Flag("--hardware-compatibility", "hardware_compatibility", choices=tuple(HARDWARE_COMPATIBILITY)),
+    Flag("--cuda-graph", "cuda_graph", "the runner replays inference as a CUDA graph", const=True),
+)
 
 def check_options(options: Options) -> Target:
     """Raise a one-line UserError for options that cannot make sense together; return the target."""

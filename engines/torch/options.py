@@ -1,9 +1,13 @@
-"""Build options of the torch backend."""
+"""Build options of the torch backend and the `build` flags that set them (engines.arguments).
+
+Imports no torch: the CLI reads FLAGS wherever it runs, torch installed or not.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engines.arguments import Flag
 from engines.errors import UserError
 
 # eager: the module as written; compile: torch.compile (Inductor; needs a C++ compiler on CPU);
@@ -26,3 +30,12 @@ class Options:
             raise UserError(f"torch precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.mode == "cuda-graph" and not self.device.startswith("cuda"):
             raise UserError(f"mode cuda-graph needs a CUDA device, not {self.device!r}; use eager or compile on CPU")
+
+
+FLAGS = (
+    Flag("--precision", "precision", "fp32 (default), fp16 or bf16 weights and arithmetic", choices=PRECISIONS),
+    Flag("--device", "device", "cpu (default), cuda or cuda:N"),
+    Flag("--mode", "mode", "eager (default); torch.compile (compiled at the first inference of each batch size); "
+         "cuda-graph (one graph per input shape, replayed)", choices=MODES),  # fmt: skip
+    Flag("--channels-last", "channels_last", "NHWC activations", const=True),
+)

@@ -1,7 +1,9 @@
-"""argparse `type=` converters that refuse nonsense numbers at the command line.
+"""Command-line pieces the backends and the CLI share: the `Flag` a backend declares each of its
+build options with (engines/<backend>/options.py `FLAGS`), and argparse `type=` converters that
+refuse nonsense numbers.
 
-Each returns the parsed value or raises `argparse.ArgumentTypeError`, which the parser turns
-into one `error:` line naming the option (mimicnorm_deploy.failures.OneLineArgumentParser).
+Each converter returns the parsed value or raises `argparse.ArgumentTypeError`, which the parser
+turns into one `error:` line naming the option (mimicnorm_deploy.failures.OneLineArgumentParser).
 """
 
 from __future__ import annotations
@@ -9,6 +11,32 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag of a backend's build options: `build --help` shows it in the
+    backend's group, and its value, when given, sets the backend's Options field `field`.
+
+    A switch (`const` given) sets the field to `const`; any other flag takes a value, converted by
+    `type` and limited to `choices`. Several backends may declare the same flag (each declares
+    --precision): it is shown once among the command's own options, with each backend's help and
+    all their choices, and it must set the same field the same way in each.
+    """
+
+    name: str  # e.g. "--min-batch"
+    field: str  # the Options field it sets
+    help: str | None = None
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    const: Any = None
+
+    @property
+    def dest(self) -> str:
+        """Where argparse stores it: named for the flag, so two backends' flags never share one."""
+        return self.name.lstrip("-").replace("-", "_")
 
 
 def _number(text: str, kind: type) -> int | float:
