@@ -110,42 +110,89 @@ def write_qdq_model(
     Nodes named in `nodes_to_exclude` keep float inputs and outputs (a mixed-precision plan's
     high-precision layers). `ranges` must have been measured on this very model.
     """
-    if activations not in ACTIVATION_ENCODINGS:
-        raise UserError(f"activation encoding {activations!r} is not one of {', '.join(ACTIVATION_ENCODINGS)}")
-    if placement not in PLACEMENTS:
-        raise UserError(f"Q/DQ placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
-    symmetric = activations == "int8-symmetric"
+    _check_encoding(activations, placement)
     path = Path(model_path)
     model = load_fp32_model(path)
     ranges.require_model(path)
     _check_output_path(model_path, output_path)
+    _check_node_names(model, path, nodes_to_exclude)
+    fp32_tensor_names = {i.name for i in model.graph.input} | {o for node in model.graph.node for o in node.output}
+    config = QuantizeConfig(
+        per_channel=per_channel, reduce_range=reduce_range, method=ranges.method, batch_size=ranges.batch_size,
+        percentile=ranges.percentile if ranges.percentile is not None else DEFAULT_PERCENTILE,
+        activations=activations, placement=placement,
+    )  # fmt: skip
+    extra_options = _ort_extra_options(config)
+    quantize_options, float_inputs = _placement_choice(model, path, placement, nodes_to_exclude)
+    quantized = _quantize_with_ort(model, ranges, output_path, config, nodes_to_exclude, extra_options,
+                                   quantize_options, float_inputs)  # fmt: skip
+    return QuantizeResult(
+        output_path=str(output_path),
+        config=_recorded_config(config, extra_options),
+        num_calibration_images=ranges.num_images,
+        quantized_nodes=_quantized_node_names(quantized),
+        activation_scales=_activation_scales(quantized, fp32_tensor_names),
+        amax=dict(ranges.amax),
+        excluded_nodes=list(nodes_to_exclude),
+    )
+
+
+def _check_encoding(activations: str, placement: str) -> None:
+    if activations not in ACTIVATION_ENCODINGS:
+        raise UserError(f"activation encoding {activations!r} is not one of {', '.join(ACTIVATION_ENCODINGS)}")
+    if placement not in PLACEMENTS:
+        raise UserError(f"Q/DQ placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
+
+
+def _check_node_names(model: onnx.ModelProto, path: Path, nodes_to_exclude: Sequence[str]) -> None:
     node_names = {node.name for node in model.graph.node}
     unknown = [name for name in nodes_to_exclude if name not in node_names]
     if unknown:
         raise UserError(f"{path}: no node named {', '.join(map(repr, unknown))}; exclude nodes by their ONNX names")
-    fp32_tensor_names = {i.name for i in model.graph.input} | {o for node in model.graph.node for o in node.output}
-    config = QuantizeConfig(
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        method=ranges.method,
-        batch_size=ranges.batch_size,
-        percentile=ranges.percentile if ranges.percentile is not None else DEFAULT_PERCENTILE,
-        activations=activations,
-        placement=placement,
-    )
-    extra_options = {**ORT_EXTRA_OPTIONS, "ActivationSymmetric": symmetric}
-    placement_options: dict = {}
-    # Inputs to give back their float tensor after ORT has written Q/DQ (None: all of a node's inputs).
-    float_inputs: dict[str, set[int] | None] = dict.fromkeys(nodes_to_exclude)
-    if placement == "tensorrt":
-        excluded = set(nodes_to_exclude)
-        chosen = [node.name for node in quantizable_layers(model) if node.name not in excluded]
-        if not chosen:
-            raise UserError(f"{path}: every quantizable layer is excluded; leave at least one in INT8")
-        placement_options = {"op_types_to_quantize": TENSORRT_QUANTIZED_OPS, "nodes_to_quantize": chosen}
-        extra_options["OpTypesToExcludeOutputQuantization"] = TENSORRT_QUANTIZED_OPS
-        float_inputs.update(_residual_branch_float_inputs(model, excluded))
 
+
+def _symmetric(config: QuantizeConfig) -> bool:
+    return config.activations == "int8-symmetric"
+
+
+def _ort_extra_options(config: QuantizeConfig) -> dict:
+    """quantize_static's extra_options: the fixed ones, the activation encoding, and for TensorRT's
+    placement no Q/DQ on the outputs of the quantized operators."""
+    extra_options = {**ORT_EXTRA_OPTIONS, "ActivationSymmetric": _symmetric(config)}
+    if config.placement == "tensorrt":
+        extra_options["OpTypesToExcludeOutputQuantization"] = TENSORRT_QUANTIZED_OPS
+    return extra_options
+
+
+def _placement_choice(
+    model: onnx.ModelProto, path: Path, placement: str, nodes_to_exclude: Sequence[str]
+) -> tuple[dict, dict[str, set[int] | None]]:
+    """quantize_static's arguments choosing the nodes it quantizes, and the inputs to give back
+    their float tensor after it has written Q/DQ (node -> input indices; None: all its inputs)."""
+    float_inputs: dict[str, set[int] | None] = dict.fromkeys(nodes_to_exclude)
+    if placement != "tensorrt":
+        return {}, float_inputs
+    excluded = set(nodes_to_exclude)
+    chosen = [node.name for node in quantizable_layers(model) if node.name not in excluded]
+    if not chosen:
+        raise UserError(f"{path}: every quantizable layer is excluded; leave at least one in INT8")
+    float_inputs.update(_residual_branch_float_inputs(model, excluded))
+    return {"op_types_to_quantize": TENSORRT_QUANTIZED_OPS, "nodes_to_quantize": chosen}, float_inputs
+
+
+def _quantize_with_ort(
+    model: onnx.ModelProto,
+    ranges: ActivationRanges,
+    output_path: str | os.PathLike,
+    config: QuantizeConfig,
+    nodes_to_exclude: Sequence[str],
+    extra_options: dict,
+    quantize_options: dict,
+    float_inputs: dict[str, set[int] | None],
+) -> onnx.ModelProto:
+    """The Q/DQ model ONNX Runtime's quantize_static writes from our ranges, float inputs given
+    back, checked and written atomically to `output_path`."""
+    symmetric = _symmetric(config)
     with (
         tempfile.TemporaryDirectory(prefix="mimicnorm-qdq.") as tmp_dir,
         atomic_path(output_path) as tmp,
@@ -160,38 +207,34 @@ def write_qdq_model(
             tmp,
             None,  # the cache holds every range: ORT runs no calibration
             quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(nodes_to_exclude),
             calibrate_method=CalibrationMethod.MinMax,
             extra_options=extra_options,
             calibration_cache_path=cache,
-            **placement_options,
+            **quantize_options,
         )
         quantized = onnx.load(str(tmp))
         if float_inputs:
             _feed_float_inputs(quantized, float_inputs)
             onnx.save(quantized, tmp)
-        _check_written(quantized, symmetric, placement)
+        _check_written(quantized, symmetric, config.placement)
+    return quantized
 
-    return QuantizeResult(
-        output_path=str(output_path),
-        config={
-            **asdict(config),
-            "quant_format": "QDQ",
-            "activations": activations,
-            "activation_type": "QInt8" if symmetric else "QUInt8",
-            "weight_type": "QInt8",
-            "extra_options": extra_options,
-        },
-        num_calibration_images=ranges.num_images,
-        quantized_nodes=_quantized_node_names(quantized),
-        activation_scales=_activation_scales(quantized, fp32_tensor_names),
-        amax=dict(ranges.amax),
-        excluded_nodes=list(nodes_to_exclude),
-    )
+
+def _recorded_config(config: QuantizeConfig, extra_options: dict) -> dict:
+    """The QuantizeConfig fields plus the fixed ONNX Runtime settings, as the result records them."""
+    return {
+        **asdict(config),
+        "quant_format": "QDQ",
+        "activations": config.activations,
+        "activation_type": "QInt8" if _symmetric(config) else "QUInt8",
+        "weight_type": "QInt8",
+        "extra_options": extra_options,
+    }
 
 
 def _ranges_cache(ranges: ActivationRanges, symmetric: bool, cache: Path) -> Path:
