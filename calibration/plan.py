@@ -52,6 +52,7 @@ from engines.precision_plan import (
 
 # message(text): one line per step of the planner (sensitivity of each layer, each move).
 PlanProgress = Callable[[str], None]
+GateMeter = Callable[[dict[str, str]], GateResult]  # a candidate plan (layer -> precision) -> its gate result
 
 
 def layer_sensitivity(
@@ -109,47 +110,12 @@ def plan_precision(
     if high_precision not in HIGH_PRECISIONS:
         raise UserError(f"high precision {high_precision!r} is not one of {', '.join(HIGH_PRECISIONS)}")
     model = _planned_model(model_path, ranges)
-    input_name, dims = image_input(model, Path(model_path))
-    holdout_images = calibration_batch_images(holdout_images, input_name, dims, 1, Path(model_path))
-    if holdout_labels is not None and np.shape(holdout_labels) != (len(holdout_images),):
-        raise UserError(f"{np.shape(holdout_labels)} held-out labels for {len(holdout_images)} images; pass one each")
-    reference = _logits(model_path, holdout_images)
+    holdout_images = _holdout_batch(model, model_path, holdout_images, holdout_labels)
     options = qdq_options(per_channel, reduce_range, activations, placement)
-
-    def measure(layers: dict[str, str]) -> GateResult:
-        with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
-            path = Path(tmp) / "plan.onnx"
-            _write(model_path, ranges, layers, path, options, high_precision)
-            return _gate_result(reference, _logits(path, holdout_images), holdout_labels, gate)
-
-    # Fail fast when no plan can pass: every layer in high precision is the best there is.
-    best = measure({node.name: high_precision for node in quantizable_layers(model)})
-    if not best.passed:
-        raise UserError(
-            f"no precision plan passes the gate: even the all-{high_precision} model gives {_describe(best)}; "
-            "relax the gate"
-        )
+    measure = _gate_meter(model_path, ranges, holdout_images, holdout_labels, gate, options, high_precision)
+    _check_a_plan_can_pass(measure, model, high_precision)
     sensitivity = layer_sensitivity(model_path, ranges, holdout_images, **options, progress=progress)
-    layers = {s.node: "int8" for s in sensitivity}
-    moved: list[Move] = []
-
-    result = measure(layers)
-    for layer in sorted(sensitivity, key=lambda s: s.logits_sqnr_db):
-        if result.passed:
-            break
-        layers[layer.node] = high_precision
-        moved.append(
-            Move(
-                layer.node,
-                high_precision,
-                f"gate failed (top-1 drop {result.top1_drop:.4f}, logits SQNR {result.logits_sqnr_db:.1f} dB) "
-                f"and {layer.node} is the most sensitive INT8 layer left "
-                f"(alone in INT8: logits SQNR {layer.logits_sqnr_db:.1f} dB)",
-            )
-        )
-        result = measure(layers)
-        if progress is not None:
-            progress(f"plan: {layer.node} -> {high_precision}; now {_describe(result)}")
+    layers, moved, result = _move_until_passing(sensitivity, measure, high_precision, progress)
     return PrecisionPlan(
         model_sha256=ranges.model_sha256,
         calibration_sha256=ranges.calibration_sha256,
@@ -169,6 +135,75 @@ def plan_precision(
         result=result,
     )
 
+
+
+def _holdout_batch(
+    model: onnx.ModelProto, model_path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None
+) -> np.ndarray:
+    """The held-out images as the model's input batch, checked against their labels."""
+    input_name, dims = image_input(model, Path(model_path))
+    images = calibration_batch_images(images, input_name, dims, 1, Path(model_path))
+    if labels is not None and np.shape(labels) != (len(images),):
+        raise UserError(f"{np.shape(labels)} held-out labels for {len(images)} images; pass one each")
+    return images
+
+
+def _gate_meter(
+    model_path: str | os.PathLike,
+    ranges: ActivationRanges,
+    holdout_images: np.ndarray,
+    holdout_labels: np.ndarray | None,
+    gate: Gate,
+    options: dict,
+    high_precision: str,
+) -> GateMeter:
+    """A function measuring the gate on a candidate plan (layer -> precision) against FP32's logits."""
+    reference = _logits(model_path, holdout_images)
+
+    def measure(layers: dict[str, str]) -> GateResult:
+        with tempfile.TemporaryDirectory(prefix="mimicnorm-plan.") as tmp:
+            path = Path(tmp) / "plan.onnx"
+            _write(model_path, ranges, layers, path, options, high_precision)
+            return _gate_result(reference, _logits(path, holdout_images), holdout_labels, gate)
+
+    return measure
+
+
+def _check_a_plan_can_pass(measure: GateMeter, model: onnx.ModelProto, high_precision: str) -> None:
+    """Fail fast when no plan can pass: every layer in high precision is the best there is."""
+    best = measure({node.name: high_precision for node in quantizable_layers(model)})
+    if not best.passed:
+        raise UserError(
+            f"no precision plan passes the gate: even the all-{high_precision} model gives {_describe(best)}; "
+            "relax the gate"
+        )
+
+
+def _move_until_passing(
+    sensitivity: list[LayerSensitivity], measure: GateMeter, high_precision: str, progress: PlanProgress | None
+) -> tuple[dict[str, str], list[Move], GateResult]:
+    """All layers in INT8, then the most sensitive moved to `high_precision` one by one until the
+    gate passes: the layers' precisions, the moves with their reasons, the last gate result."""
+    layers = {s.node: "int8" for s in sensitivity}
+    moved: list[Move] = []
+    result = measure(layers)
+    for layer in sorted(sensitivity, key=lambda s: s.logits_sqnr_db):
+        if result.passed:
+            break
+        layers[layer.node] = high_precision
+        moved.append(
+            Move(
+                layer.node,
+                high_precision,
+                f"gate failed (top-1 drop {result.top1_drop:.4f}, logits SQNR {result.logits_sqnr_db:.1f} dB) "
+                f"and {layer.node} is the most sensitive INT8 layer left "
+                f"(alone in INT8: logits SQNR {layer.logits_sqnr_db:.1f} dB)",
+            )
+        )
+        result = measure(layers)
+        if progress is not None:
+            progress(f"plan: {layer.node} -> {high_precision}; now {_describe(result)}")
+    return layers, moved, result
 
 def write_mixed_model(
     model_path: str | os.PathLike, plan: PrecisionPlan, ranges: ActivationRanges, output_path: str | os.PathLike
