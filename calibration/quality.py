@@ -75,32 +75,8 @@ def measure_quality(
     model = load_onnx(fp32_model)
     layers = quantizable_layers(model)
     spreads = {s.node: s.spread for s in weight_range_spread(model)}
-    fp32_outputs = [node.output[0] for node in layers]
-    calibrated = load_onnx(calibrated_model)
-    calibrated_outputs = _layer_outputs(calibrated, [node.name for node in layers])
-
-    batches = -(-len(images) // BATCH_SIZE)
-    runs = zip(
-        _probe(model, fp32_outputs, images, simulate=True),
-        _probe(calibrated, calibrated_outputs, images, simulate=True),
-        _probe(calibrated, [], images, simulate=False) if kernels else itertools.repeat(None, batches),
-        strict=True,
-    )
-    signal = np.zeros(len(layers))
-    noise = np.zeros(len(layers))
-    logits = {"fp32": [], "simulated": [], "kernels": []}
-    for batch_index, ((ref_logits, *ref_layers), (sim_logits, *sim_layers), kernel_outputs) in enumerate(runs):
-        for index, (ref, sim) in enumerate(zip(ref_layers, sim_layers, strict=True)):
-            ref, sim = ref.astype(np.float64), sim.astype(np.float64)
-            signal[index] += float(np.sum(ref**2))
-            noise[index] += float(np.sum((ref - sim) ** 2))
-        logits["fp32"].append(ref_logits)
-        logits["simulated"].append(sim_logits.astype(np.float32))
-        if kernel_outputs is not None:
-            logits["kernels"].append(kernel_outputs[0].astype(np.float32))
-        if progress is not None:
-            progress(min((batch_index + 1) * BATCH_SIZE, len(images)), len(images))
-    fp32, sim = np.concatenate(logits["fp32"]), np.concatenate(logits["simulated"])
+    logits, signal, noise = _compare_runs(model, load_onnx(calibrated_model), layers, images, kernels, progress)
+    fp32, sim = logits["fp32"], logits["simulated"]
     quality = ModelQuality(
         images=len(images),
         image_set=image_set,
@@ -122,11 +98,51 @@ def measure_quality(
         ],
     )
     if kernels:
-        kernel_logits = np.concatenate(logits["kernels"])
-        quality.kernel_logits_sqnr_db = sqnr_db(fp32, kernel_logits)
-        quality.kernel_top1_agreement = top1_agreement(fp32, kernel_logits)
-        quality.kernel_accuracy = accuracy(kernel_logits, labels) if labels is not None else None
+        quality.kernel_logits_sqnr_db = sqnr_db(fp32, logits["kernels"])
+        quality.kernel_top1_agreement = top1_agreement(fp32, logits["kernels"])
+        quality.kernel_accuracy = accuracy(logits["kernels"], labels) if labels is not None else None
     return quality
+
+
+def _compare_runs(
+    model: onnx.ModelProto,
+    calibrated: onnx.ModelProto,
+    layers: list[onnx.NodeProto],
+    images: np.ndarray,
+    kernels: str | None,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """FP32 and the calibrated model (simulated, and with its INT8 kernels when `kernels`) run
+    batch by batch on `images`: their logits ("fp32", "simulated", "kernels"), and per layer the
+    sums of the FP32 output's squares (signal) and of its squared difference from the simulated
+    one (noise)."""
+    fp32_outputs = [node.output[0] for node in layers]
+    calibrated_outputs = _layer_outputs(calibrated, [node.name for node in layers])
+    batches = -(-len(images) // BATCH_SIZE)
+    runs = zip(
+        _probe(model, fp32_outputs, images, simulate=True),
+        _probe(calibrated, calibrated_outputs, images, simulate=True),
+        _probe(calibrated, [], images, simulate=False) if kernels else itertools.repeat(None, batches),
+        strict=True,
+    )
+    signal = np.zeros(len(layers))
+    noise = np.zeros(len(layers))
+    logits: dict[str, list[np.ndarray]] = {"fp32": [], "simulated": [], "kernels": []}
+    for batch_index, ((ref_logits, *ref_layers), (sim_logits, *sim_layers), kernel_outputs) in enumerate(runs):
+        for index, (ref, sim) in enumerate(zip(ref_layers, sim_layers, strict=True)):
+            ref, sim = ref.astype(np.float64), sim.astype(np.float64)
+            signal[index] += float(np.sum(ref**2))
+            noise[index] += float(np.sum((ref - sim) ** 2))
+        logits["fp32"].append(ref_logits)
+        logits["simulated"].append(sim_logits.astype(np.float32))
+        if kernel_outputs is not None:
+            logits["kernels"].append(kernel_outputs[0].astype(np.float32))
+        if progress is not None:
+            progress(min((batch_index + 1) * BATCH_SIZE, len(images)), len(images))
+    merged = {"fp32": np.concatenate(logits["fp32"]), "simulated": np.concatenate(logits["simulated"])}
+    if kernels:
+        merged["kernels"] = np.concatenate(logits["kernels"])
+    return merged, signal, noise
 
 
 def _probe(
