@@ -101,47 +101,78 @@ def _join(prefix: str, name: str) -> str:
 
 def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
     """The state dict of `model`'s `none` twin, with every norm construct folded in."""
+    handled: set[int] = set()  # ids of the modules folded in; any other module with parameters is refused
+    convs = _folded_convs(model, handled)
+    _fold_residual_scalars(model, convs, handled)
+    linears = _plain_linears(model, handled)
+    state = {f"{name}.conv.{part}": t for name, (w, b) in convs.items() for part, t in (("weight", w), ("bias", b))}
+    state.update({f"{name}.{part}": t for name, (w, b) in linears.items() for part, t in (("weight", w), ("bias", b))})
+    state["fc.weight"], state["fc.bias"] = _folded_fc(model, handled)
+    state["input_norm.scale"], state["input_norm.shift"] = _folded_input_norm(model, handled)
+    _check_all_folded(model, handled)
+    return {k: v.float().contiguous() for k, v in state.items()}
+
+
+def _folded_convs(model: nn.Module, handled: set[int]) -> dict[str, list[Tensor]]:
+    """Each ConvNorm's conv with its norm folded in (float64 [weight, bias]), its weights
+    re-centred where MimicNorm centres them."""
     norm = model.norm_spec
     centred = set()
     if norm.centre_min_fan_in is not None:
         centred = set(map(id, centred_convs(model, norm.centre_min_fan_in)))
     folded: dict[str, list[Tensor]] = {}
-    handled: set[int] = set()
     for name, module in model.named_modules():
         if isinstance(module, ConvNorm):
-            conv = module.conv
-            weight = conv.weight.detach().double()
-            bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels).double()
-            if id(conv) in centred:
-                drift = float(weight.mean(dim=(1, 2, 3)).abs().max())
-                if drift > CENTRING_DRIFT:
-                    raise UserError(
-                        f"cannot freeze: {name}.conv weights are not zero-mean (max |channel mean| {drift:.2g}); "
-                        "the checkpoint was not trained with MimicNorm weight centring"
-                    )
-                weight = centre_weight(weight)
-            if isinstance(module.norm, nn.BatchNorm2d):
-                bn = module.norm
-                weight, bias = fold_batchnorm(weight, bias, bn.running_mean.double(), bn.running_var.double(), bn.eps,
-                                              bn.weight.detach().double(), bn.bias.detach().double())  # fmt: skip
-                handled.add(id(bn))
-            elif not isinstance(module.norm, nn.Identity):
-                raise UserError(f"cannot freeze {name}.norm ({type(module.norm).__name__}): no folding rule for it")
-            folded[name] = [weight, bias]
-            handled.add(id(conv))
+            folded[name] = _fold_conv_norm(name, module, id(module.conv) in centred, handled)
+    return folded
+
+
+def _fold_conv_norm(name: str, module: ConvNorm, centred: bool, handled: set[int]) -> list[Tensor]:
+    conv = module.conv
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels).double()
+    if centred:
+        drift = float(weight.mean(dim=(1, 2, 3)).abs().max())
+        if drift > CENTRING_DRIFT:
+            raise UserError(
+                f"cannot freeze: {name}.conv weights are not zero-mean (max |channel mean| {drift:.2g}); "
+                "the checkpoint was not trained with MimicNorm weight centring"
+            )
+        weight = centre_weight(weight)
+    if isinstance(module.norm, nn.BatchNorm2d):
+        bn = module.norm
+        weight, bias = fold_batchnorm(weight, bias, bn.running_mean.double(), bn.running_var.double(), bn.eps,
+                                      bn.weight.detach().double(), bn.bias.detach().double())  # fmt: skip
+        handled.add(id(bn))
+    elif not isinstance(module.norm, nn.Identity):
+        raise UserError(f"cannot freeze {name}.norm ({type(module.norm).__name__}): no folding rule for it")
+    handled.add(id(conv))
+    return [weight, bias]
+
+
+def _fold_residual_scalars(model: nn.Module, convs: dict[str, list[Tensor]], handled: set[int]) -> None:
+    """Each residual branch's learnable scalar folded into the conv it scales (`scalar_targets`)."""
     for name, module in model.named_modules():
         for scalar_attr, conv_attr in getattr(module, "scalar_targets", {}).items():
             scalar = getattr(module, scalar_attr, None)
             if isinstance(scalar, ResidualScalar):
                 target = _join(name, conv_attr)
-                folded[target] = list(fold_scalar(*folded[target], scalar.scale.detach().double()))
+                convs[target] = list(fold_scalar(*convs[target], scalar.scale.detach().double()))
                 handled.add(id(scalar))
+
+
+def _plain_linears(model: nn.Module, handled: set[int]) -> dict[str, list[Tensor]]:
+    """Linear layers other than the classifier, kept as they are (float64 [weight, bias])."""
     linears: dict[str, list[Tensor]] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module is not model.fc:
             linears[name] = [module.weight.detach().double(), module.bias.detach().double()]
             handled.add(id(module))
+    return linears
 
+
+def _folded_fc(model: nn.Module, handled: set[int]) -> tuple[Tensor, Tensor]:
+    """The classifier with the affine-free logits BatchNorm1d folded in."""
     fc, logits_norm = model.fc, model.logits_norm
     fc_weight, fc_bias = fc.weight.detach().double(), fc.bias.detach().double()
     if isinstance(logits_norm, nn.BatchNorm1d):
@@ -149,10 +180,11 @@ def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
                                             logits_norm.running_var.double(), logits_norm.eps)  # fmt: skip
         handled.add(id(logits_norm))
     handled.add(id(fc))
+    return fc_weight, fc_bias
 
-    state = {f"{name}.conv.{part}": t for name, (w, b) in folded.items() for part, t in (("weight", w), ("bias", b))}
-    state.update({f"{name}.{part}": t for name, (w, b) in linears.items() for part, t in (("weight", w), ("bias", b))})
-    state["fc.weight"], state["fc.bias"] = fc_weight, fc_bias
+
+def _folded_input_norm(model: nn.Module, handled: set[int]) -> tuple[Tensor, Tensor]:
+    """The input normalization's scale and shift, with an input BatchNorm folded in."""
     input_norm = model.input_norm
     scale, shift = input_norm.scale.detach().double(), input_norm.shift.detach().double()
     if isinstance(input_norm, InputBatchNorm):
@@ -163,8 +195,10 @@ def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
                                       bn.bias.detach().double())  # fmt: skip
         scale, shift = scale.view(channels), shift.view(channels)
         handled.add(id(bn))
-    state["input_norm.scale"], state["input_norm.shift"] = scale, shift
+    return scale, shift
 
+
+def _check_all_folded(model: nn.Module, handled: set[int]) -> None:
     unhandled = [
         name for name, m in model.named_modules()
         if id(m) not in handled and any(True for _ in m.parameters(recurse=False))
@@ -172,7 +206,6 @@ def fold_to_plain(model: nn.Module) -> dict[str, Tensor]:
     ]  # fmt: skip
     if unhandled:
         raise UserError(f"cannot freeze: no folding rule for {', '.join(unhandled)}")
-    return {k: v.float().contiguous() for k, v in state.items()}
 
 
 @torch.inference_mode()
