@@ -92,72 +92,104 @@ def evaluate_model(directory: Path, data: dict, say) -> dict:
     """Every INT8 variant of one exported model, scored on the test split."""
     import tempfile
 
+    from calibration.targets import encoding_for
+
+    model = directory / "model.onnx"
+    encoding = encoding_for("desktop-gpu")
+    result = fp32_scores(model, data, say)
+    with tempfile.TemporaryDirectory(prefix="int8-study.") as tmp:
+        result["int8"], ranges_by_method = int8_scores(model, data, encoding, Path(tmp), say)
+        result.update(ort_default_scores(model, data, Path(tmp), say))
+        result["plans"] = plan_scores(model, data, ranges_by_method, encoding, Path(tmp), say)
+    return result
+
+
+def fp32_scores(model: Path, data: dict, say) -> dict:
+    """FP32 test accuracy and the model's weight-range spreads."""
+    from calibration.metrics import accuracy, weight_range_spread, worst_spread
+
+    test_images, test_labels = data["test"]
+    fp32 = accuracy(ort_logits(model, test_images), test_labels)
+    spreads = weight_range_spread(model)
+    worst = worst_spread(spreads)
+    say(f"FP32 {100 * fp32:.2f}%, worst weight-range spread {worst.spread:.1f}x ({worst.node})")
+    return {"fp32": fp32, "worst_spread": worst.spread, "worst_spread_layer": worst.node,
+            "median_layer_spread": float(sorted(s.spread for s in spreads)[len(spreads) // 2])}  # fmt: skip
+
+
+def int8_scores(model: Path, data: dict, encoding, tmp: Path, say) -> tuple[dict, dict]:
+    """Test accuracy of INT8 per method x granularity, and per-tensor entropy with the input
+    clipped too; and the ranges of each method (the gated plans start from them)."""
+    from calibration.metrics import accuracy
+    from calibration.quantize import write_qdq_model
+    from calibration.ranges import calibrate_ranges
+
+    test_images, test_labels = data["test"]
+    scores, ranges_by_method = {}, {}
+    for method in METHODS:
+        ranges_by_method[method] = ranges = calibrate_ranges(model, data["ranges"], method)
+        for granularity in GRANULARITIES:
+            path = tmp / f"{method}-{granularity}.onnx"
+            write_qdq_model(model, ranges, path, per_channel=granularity == "per-channel", **encoding.qdq_options)
+            score = accuracy(ort_logits(path, test_images), test_labels)
+            scores[f"{granularity} {method}"] = score
+            say(f"INT8 {granularity} {method}: {100 * score:.2f}%")
+    # TensorRT's own calibrator applies entropy to the network input too; the toolkit never
+    # clips input pixels (calibration.ranges). The difference, per-tensor:
+    plain = calibrate_ranges(model, data["ranges"], "entropy", clip_input=True)
+    path = tmp / "entropy-clipped-input.onnx"
+    write_qdq_model(model, plain, path, **encoding.qdq_options)
+    scores[CLIPPED_INPUT] = score = accuracy(ort_logits(path, test_images), test_labels)
+    say(f"INT8 {CLIPPED_INPUT}: {100 * score:.2f}%")
+    return scores, ranges_by_method
+
+
+def ort_default_scores(model: Path, data: dict, tmp: Path, say) -> dict:
+    """The baseline a user reaches for: quantize_static with every default (per-tensor, MinMax,
+    asymmetric activations), run by ONNX Runtime's own CPU kernels and simulated."""
     from onnxruntime.quantization import quantize_static
 
     from calibration.data import ArrayCalibrationReader
     from calibration.inputs import image_input
-    from calibration.metrics import accuracy, weight_range_spread, worst_spread
-    from calibration.plan import plan_precision, write_mixed_model
-    from calibration.quantize import write_qdq_model
-    from calibration.ranges import calibrate_ranges
-    from calibration.targets import encoding_for
+    from calibration.metrics import accuracy
     from engines.onnx_model import load_onnx
+
+    test_images, test_labels = data["test"]
+    default = tmp / "ort-default.onnx"
+    input_name = image_input(load_onnx(model), model)[0]
+    quantize_static(str(model), str(default), ArrayCalibrationReader(data["ranges"], input_name, 32))
+    result = {"ort_default_kernels": accuracy(ort_logits(default, test_images, kernels=True), test_labels),
+              "ort_default_simulated": accuracy(ort_logits(default, test_images), test_labels)}  # fmt: skip
+    say(f"ORT quantize_static defaults: {100 * result['ort_default_kernels']:.2f}% (kernels), "
+        f"{100 * result['ort_default_simulated']:.2f}% (simulated)")  # fmt: skip
+    return result
+
+
+def plan_scores(model: Path, data: dict, ranges_by_method: dict, encoding, tmp: Path, say) -> dict:
+    """Gated plans for the per-tensor settings that can collapse (FP16 for what must move): test
+    accuracy and the layers moved, or why the gate was unreachable."""
+    from calibration.metrics import accuracy
+    from calibration.plan import plan_precision, write_mixed_model
     from engines.precision_plan import Gate
 
-    model = directory / "model.onnx"
     test_images, test_labels = data["test"]
-    encoding = encoding_for("desktop-gpu")
-    fp32 = accuracy(ort_logits(model, test_images), test_labels)
-    spreads = weight_range_spread(model)
-    worst = worst_spread(spreads)
-    result = {"fp32": fp32, "worst_spread": worst.spread, "worst_spread_layer": worst.node,
-              "median_layer_spread": float(sorted(s.spread for s in spreads)[len(spreads) // 2]),
-              "int8": {}}  # fmt: skip
-    say(f"FP32 {100 * fp32:.2f}%, worst weight-range spread {worst.spread:.1f}x ({worst.node})")
-    with tempfile.TemporaryDirectory(prefix="int8-study.") as tmp:
-        ranges_by_method = {}
-        for method in METHODS:
-            ranges_by_method[method] = ranges = calibrate_ranges(model, data["ranges"], method)
-            for granularity in GRANULARITIES:
-                path = Path(tmp) / f"{method}-{granularity}.onnx"
-                write_qdq_model(model, ranges, path, per_channel=granularity == "per-channel", **encoding.qdq_options)
-                score = accuracy(ort_logits(path, test_images), test_labels)
-                result["int8"][f"{granularity} {method}"] = score
-                say(f"INT8 {granularity} {method}: {100 * score:.2f}%")
-        # TensorRT's own calibrator applies entropy to the network input too; the toolkit never
-        # clips input pixels (calibration.ranges). The difference, per-tensor:
-        plain = calibrate_ranges(model, data["ranges"], "entropy", clip_input=True)
-        path = Path(tmp) / "entropy-clipped-input.onnx"
-        write_qdq_model(model, plain, path, **encoding.qdq_options)
-        result["int8"][CLIPPED_INPUT] = score = accuracy(ort_logits(path, test_images), test_labels)
-        say(f"INT8 {CLIPPED_INPUT}: {100 * score:.2f}%")
-        # The baseline a user reaches for: quantize_static with every default (per-tensor, MinMax,
-        # asymmetric activations), run by ONNX Runtime's own CPU kernels and simulated.
-        default = Path(tmp) / "ort-default.onnx"
-        input_name = image_input(load_onnx(model), model)[0]
-        quantize_static(str(model), str(default), ArrayCalibrationReader(data["ranges"], input_name, 32))
-        result["ort_default_kernels"] = accuracy(ort_logits(default, test_images, kernels=True), test_labels)
-        result["ort_default_simulated"] = accuracy(ort_logits(default, test_images), test_labels)
-        say(f"ORT quantize_static defaults: {100 * result['ort_default_kernels']:.2f}% (kernels), "
-            f"{100 * result['ort_default_simulated']:.2f}% (simulated)")  # fmt: skip
-        # Gated plans for the per-tensor settings that can collapse: FP16 for what must move.
-        holdout_images, holdout_labels = data["holdout"]
-        result["plans"] = {}
-        for method in PLAN_METHODS:
-            key = f"per-tensor {method}"
-            try:
-                plan = plan_precision(model, ranges_by_method[method], holdout_images, Gate(PLAN_GATE_TOP1_DROP),
-                                      holdout_labels=holdout_labels, **encoding.qdq_options, high_precision="fp16")
-                mixed = Path(tmp) / "plan.onnx"
-                write_mixed_model(model, plan, ranges_by_method[method], mixed)
-                result["plans"][key] = {"accuracy": accuracy(ort_logits(mixed, test_images), test_labels),
-                                        "layers": len(plan.layers), "moved": [m.node for m in plan.moved]}
-                say(f"gated plan, {key}: {len(plan.moved)}/{len(plan.layers)} layers to FP16 "
-                    f"({', '.join(m.node for m in plan.moved)}), {100 * result['plans'][key]['accuracy']:.2f}%")
-            except UserError as exc:  # an unreachable gate is a result too
-                result["plans"][key] = {"error": str(exc)}
-                say(f"gated plan, {key}: {exc}")
-    return result
+    holdout_images, holdout_labels = data["holdout"]
+    plans = {}
+    for method in PLAN_METHODS:
+        key = f"per-tensor {method}"
+        try:
+            plan = plan_precision(model, ranges_by_method[method], holdout_images, Gate(PLAN_GATE_TOP1_DROP),
+                                  holdout_labels=holdout_labels, **encoding.qdq_options, high_precision="fp16")
+            mixed = tmp / "plan.onnx"
+            write_mixed_model(model, plan, ranges_by_method[method], mixed)
+            plans[key] = {"accuracy": accuracy(ort_logits(mixed, test_images), test_labels),
+                          "layers": len(plan.layers), "moved": [m.node for m in plan.moved]}
+            say(f"gated plan, {key}: {len(plan.moved)}/{len(plan.layers)} layers to FP16 "
+                f"({', '.join(m.node for m in plan.moved)}), {100 * plans[key]['accuracy']:.2f}%")
+        except UserError as exc:  # an unreachable gate is a result too
+            plans[key] = {"error": str(exc)}
+            say(f"gated plan, {key}: {exc}")
+    return plans
 
 
 def evaluate_equalized(directory: Path, data: dict, say) -> dict:
@@ -226,27 +258,36 @@ def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
 
 def summarize(rows: list[dict]) -> str:
     """Markdown: per arch x norm, mean and (min-max) over seeds of every test accuracy."""
-    import numpy as np
-
-    def cell(values: list[float], scale: float = 100, fmt: str = ".2f") -> str:
-        if not values:
-            return "n/a"
-        if len(values) == 1:
-            return format(scale * values[0], fmt)
-        return (f"{format(scale * float(np.mean(values)), fmt)} ({format(scale * min(values), fmt)}-"
-                f"{format(scale * max(values), fmt)})")  # fmt: skip
-
-    def plan_cell(plans: list[dict]) -> str:
-        reached = [p for p in plans if "accuracy" in p]
-        failed = len(plans) - len(reached)
-        moved = ", ".join(f"{len(p['moved'])}/{p['layers']}" for p in reached)
-        return cell([p["accuracy"] for p in reached]) + f" [{moved}]" + (f", {failed} unreachable" if failed else "")
-
-    int8_columns = [f"{g} {m}" for g in GRANULARITIES for m in METHODS] + [CLIPPED_INPUT]
     groups = [(arch, norm, [r for r in rows if r["arch"] == arch and r["norm"] == norm])
               for arch in dict.fromkeys(r["arch"] for r in rows) for norm in NORMS]  # fmt: skip
     groups = [(arch, {"mimic": "MimicNorm", "bn": "BN-folded"}[norm], group) for arch, norm, group in groups if group]
     seeds = sorted({r["seed"] for r in rows})
+    lines = int8_table(groups, seeds) + cle_table(groups) + ort_and_plan_table(groups)
+    return "\n".join(lines) + "\n"
+
+
+def cell(values: list[float], scale: float = 100, fmt: str = ".2f") -> str:
+    """One table cell: the value, or the mean (min-max) of several."""
+    import numpy as np
+
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return format(scale * values[0], fmt)
+    return (f"{format(scale * float(np.mean(values)), fmt)} ({format(scale * min(values), fmt)}-"
+            f"{format(scale * max(values), fmt)})")  # fmt: skip
+
+
+def plan_cell(plans: list[dict]) -> str:
+    """The plans' accuracy, [layers moved / layers] per seed, and how many gates were unreachable."""
+    reached = [p for p in plans if "accuracy" in p]
+    failed = len(plans) - len(reached)
+    moved = ", ".join(f"{len(p['moved'])}/{p['layers']}" for p in reached)
+    return cell([p["accuracy"] for p in reached]) + f" [{moved}]" + (f", {failed} unreachable" if failed else "")
+
+
+def int8_table(groups: list, seeds: list[int]) -> list[str]:
+    int8_columns = [f"{g} {m}" for g in GRANULARITIES for m in METHODS] + [CLIPPED_INPUT]
     lines = [
         f"Test accuracy % on the 10,000 test images, mean (min-max) over seeds {seeds}. INT8: symmetric int8",
         "Q/DQ as written for TensorRT (full 8-bit weights, TensorRT's placement), Q/DQ simulated in float.",
@@ -258,8 +299,12 @@ def summarize(rows: list[dict]) -> str:
     for arch, label, group in groups:
         values = [cell([r["fp32"] for r in group])] + [cell([r["int8"][c] for r in group]) for c in int8_columns]
         lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
+    return lines
+
+
+def cle_table(groups: list) -> list[str]:
     cle_columns = [f"per-tensor {m}" for m in CLE_METHODS]
-    lines += [
+    lines = [
         "",
         "After cross-layer equalization (Nagel et al. 2019; exact in FP32, [conv pairs equalized]), per-tensor INT8",
         "as above, against the same models' per-tensor INT8 without it.",
@@ -275,8 +320,12 @@ def summarize(rows: list[dict]) -> str:
             values += [cell([r["int8"][c] for r in group]), cell([r["cle"]["int8"][c] for r in group])]
         values.append(cell([r["cle"]["worst_spread"] for r in group], 1, ".1f") + "x")
         lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
+    return lines
+
+
+def ort_and_plan_table(groups: list) -> list[str]:
     plan_columns = [f"per-tensor {m}" for m in PLAN_METHODS]
-    lines += [
+    lines = [
         "",
         "ONNX Runtime's `quantize_static` with its defaults (per-tensor, MinMax, asymmetric int8 activations),",
         "run by its CPU kernels and simulated; gated plans (top-1 drop <= "
@@ -292,7 +341,7 @@ def summarize(rows: list[dict]) -> str:
         values += [plan_cell([r["plans"][c] for r in group]) for c in plan_columns]
         values.append(cell([r["worst_spread"] for r in group], 1, ".1f") + "x")
         lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> int:
