@@ -193,6 +193,28 @@ class Trainer:
         config.validate()
         state_path = train_state_path(resume_from) if resume_from is not None else None  # fail before any work
         self.config, self.dataset, self.out = config, dataset, Path(out_dir)
+        self._join_processes(progress)
+        torch.manual_seed(config.seed)
+        # Data order and augmentation draw from their own generator, the same on every rank.
+        self.generator = torch.Generator().manual_seed(config.seed)
+        model = self._build_model()
+        self.train_images = torch.as_tensor(dataset.train_images)
+        self.train_labels = torch.as_tensor(dataset.train_labels)
+        self.activation_memory = self._activation_memory(model)
+        self._set_up_optimizer(model)
+        self._set_up_schedule()
+        self.step, self.epoch, self.resumed_from_epoch = 0, 0, None
+        self.epochs_log: list[dict[str, Any]] = []
+        self.step_times: list[float] = []
+        if state_path is not None:
+            self.load_state(state_path)
+        if self.context.is_main:
+            # Resumed: the log up to the saved epoch (an epoch logged after the last state save is redone).
+            atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.epochs_log))
+
+    def _join_processes(self, progress: Callable[[str], None]) -> None:
+        """This process's place in the run (torchrun or alone) and device; only rank 0 reports and writes."""
+        config = self.config
         self.context = distributed.setup(config.device)
         self.device = self.context.device
         if config.amp == "fp16" and self.device.type != "cuda":
@@ -203,9 +225,9 @@ class Trainer:
         if self.context.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 
-        torch.manual_seed(config.seed)
-        # Data order and augmentation draw from their own generator, the same on every rank.
-        self.generator = torch.Generator().manual_seed(config.seed)
+    def _build_model(self) -> nn.Module:
+        """The model the checkpoint metadata describes (self.meta), on the device, in the memory format asked for."""
+        config, dataset = self.config, self.dataset
         mean, std = dataset.channel_stats()
         self.meta = CheckpointMeta(
             arch=config.arch, norm=config.norm, num_classes=len(dataset.classes), in_chans=dataset.in_chans,
@@ -215,17 +237,24 @@ class Trainer:
         model = self.meta.build_model().to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.train_images = torch.as_tensor(dataset.train_images)
-        self.train_labels = torch.as_tensor(dataset.train_labels)
+        return model
+
+    def _activation_memory(self, model: nn.Module) -> dict[str, int]:
+        """What one of this run's steps saves for backward, in its precision (reported once)."""
+        config = self.config
         probe_batch = min(config.batch_size // self.context.world_size, len(self.train_images))
-        with autocast(self.device, config.amp):  # what this run's steps save, in its precision
-            self.activation_memory = activation_bytes_saved_for_backward(
+        with autocast(self.device, config.amp):
+            memory = activation_bytes_saved_for_backward(
                 model, to_model_input(self.train_images[:probe_batch]).to(self.device),
                 self.train_labels[:probe_batch].to(self.device),
             )  # fmt: skip
         self.progress(f"[{config.norm}] activation memory saved for backward at batch {probe_batch}: "
-                      f"{self.activation_memory['bytes'] / 2**20:.1f} MiB")  # fmt: skip
+                      f"{memory['bytes'] / 2**20:.1f} MiB")  # fmt: skip
+        return memory
 
+    def _set_up_optimizer(self, model: nn.Module) -> None:
+        """self.model (sync BN as asked), its optimizer with weight centring, self.net and the grad scaler."""
+        config = self.config
         self.model = distributed.convert_sync_batchnorm(model, config.sync_bn, self.context)
         self.optimizer = torch.optim.SGD(param_groups(self.model, config.norm, config.lr, config.weight_decay),
                                          lr=config.lr, momentum=config.momentum)  # fmt: skip
@@ -235,6 +264,9 @@ class Trainer:
         self.net = distributed.wrap(self.model, self.context)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
 
+    def _set_up_schedule(self) -> None:
+        """Steps per epoch, total steps, and the learning-rate schedule over them."""
+        config = self.config
         self.steps_per_epoch = len(self.train_images) // config.batch_size or 1
         if config.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
@@ -242,14 +274,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, config)
         )
-        self.step, self.epoch, self.resumed_from_epoch = 0, 0, None
-        self.epochs_log: list[dict[str, Any]] = []
-        self.step_times: list[float] = []
-        if state_path is not None:
-            self.load_state(state_path)
-        if self.context.is_main:
-            # Resumed: the log up to the saved epoch (an epoch logged after the last state save is redone).
-            atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.epochs_log))
 
     def fit(self) -> TrainResult:
         while self.step < self.total_steps:
