@@ -14,6 +14,7 @@ from CUDA events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,13 +54,7 @@ def profile_memory(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Memory (and, on CUDA, time) of one SGD training step of `arch` under `norm` on random inputs."""
-    if batch_size <= 0 or input_size <= 0:
-        raise UserError("batch size and input size must be positive")
-    if amp not in AMP_DTYPES:
-        raise UserError(f"unknown amp mode {amp!r}; choose one of: {', '.join(AMP_DTYPES)}")
-    target = resolve_device(device)
-    if amp == "fp16" and target.type != "cuda":
-        raise UserError("fp16 mixed precision needs a CUDA device; use amp bf16 or off on CPU")
+    target = _checked_device(batch_size, input_size, amp, device)
     torch.manual_seed(seed)
     model = create_model(arch, norm=norm, num_classes=num_classes, in_chans=in_chans, stem=stem).to(target)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -69,10 +64,37 @@ def profile_memory(
     labels = torch.randint(0, num_classes, (batch_size,), device=target)
     with autocast(target, amp):
         activation = activation_bytes_saved_for_backward(model, images, labels)
+    step, optimizer = _training_step(model, images, labels, norm, target, amp)
+    step()  # creates the gradients and momentum buffers that every later step keeps
+    result: dict[str, Any] = {
+        "arch": arch, "norm": norm, "batch_size": batch_size, "input_size": input_size, "in_chans": in_chans,
+        "num_classes": num_classes, "stem": stem, "amp": amp, "device": str(target),
+        **_step_memory(model, optimizer, activation),
+    }  # fmt: skip
+    if target.type == "cuda":
+        result.update(_cuda_step_figures(step, target, timed_steps))
+    return result
 
+
+def _checked_device(batch_size: int, input_size: int, amp: str, device: str) -> torch.device:
+    """The device to profile on, once the request makes sense."""
+    if batch_size <= 0 or input_size <= 0:
+        raise UserError("batch size and input size must be positive")
+    if amp not in AMP_DTYPES:
+        raise UserError(f"unknown amp mode {amp!r}; choose one of: {', '.join(AMP_DTYPES)}")
+    target = resolve_device(device)
+    if amp == "fp16" and target.type != "cuda":
+        raise UserError("fp16 mixed precision needs a CUDA device; use amp bf16 or off on CPU")
+    return target
+
+
+def _training_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, target: torch.device, amp: str
+) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    """The trainer's step on this batch (SGD with weight centring; fp16 scales the loss and
+    unscales the gradients, a no-op otherwise), and its optimizer."""
     optimizer = torch.optim.SGD(param_groups(model, norm, 0.1, 5e-4), lr=0.1, momentum=0.9)
     attach_weight_centring(model, optimizer)
-    # The trainer's step: fp16 scales the loss and unscales the gradients (a no-op otherwise).
     scaler = torch.amp.GradScaler(target.type, enabled=amp == "fp16")
     model.train()
 
@@ -84,11 +106,14 @@ def profile_memory(
         scaler.step(optimizer)
         scaler.update()
 
-    step()  # creates the gradients and momentum buffers that every later step keeps
+    return step, optimizer
+
+
+def _step_memory(model: nn.Module, optimizer: torch.optim.Optimizer, activation: dict[str, int]) -> dict[str, int]:
+    """Bytes a training step holds, by kind, after one step; `training_bytes` is what it needs at
+    its peak, to first order, without allocator or workspace overheads."""
     params = list(model.parameters())
-    result: dict[str, Any] = {
-        "arch": arch, "norm": norm, "batch_size": batch_size, "input_size": input_size, "in_chans": in_chans,
-        "num_classes": num_classes, "stem": stem, "amp": amp, "device": str(target),
+    memory = {
         "activation_bytes": activation["bytes"], "activation_tensors": activation["tensors"],
         "parameters": int(sum(p.numel() for p in params)),
         "parameter_bytes": _nbytes(params),
@@ -98,12 +123,9 @@ def profile_memory(
         ),
         "buffer_bytes": _nbytes(model.buffers()),
     }  # fmt: skip
-    # What one step needs at its peak, to first order, without allocator or workspace overheads.
-    result["training_bytes"] = sum(result[k] for k in (
+    memory["training_bytes"] = sum(memory[k] for k in (
         "activation_bytes", "parameter_bytes", "gradient_bytes", "optimizer_state_bytes", "buffer_bytes"))  # fmt: skip
-    if target.type == "cuda":
-        result.update(_cuda_step_figures(step, target, timed_steps))
-    return result
+    return memory
 
 
 def _cuda_step_figures(step, device: torch.device, timed_steps: int) -> dict[str, Any]:
