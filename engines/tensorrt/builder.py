@@ -71,10 +71,7 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     device = gpu_device(load_cuda(), trt.__version__)
     logger = make_logger()
     builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(path))
-    parser = trt.OnnxParser(network, logger)  # kept alive with the network it fills
-    _parse(parser, inputs.model)
-    flags = list(path.flags) + _check_network(network, path, inputs)
+    network, parser, flags = _parsed_network(builder, logger, path, inputs)  # the parser lives as long as the network
     precision = path.precision or file_precision(network)
     config = builder.create_builder_config()
     calibrator = _configure_precision(config, network, path, inputs, flags)
@@ -83,32 +80,16 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     batch = _add_batch_profile(builder, network, config, options, calibrator is not None)
     cache_file = timing_cache_path(device, options.timing_cache_dir)
     config.set_timing_cache(config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b""), False)
-
-    print(f"tensorrt: building {inputs.model.name} ({path.name}, {target.name}); this can take minutes",
-          file=sys.stderr)  # fmt: skip
-    serialized = builder.build_serialized_network(network, config)
-    if calibrator is not None and calibrator.refused:
-        raise UserError(calibrator.refused)
-    if serialized is None:
-        raise UserError(
-            f"{inputs.model}: TensorRT {trt.__version__} could not build it: {logger.last_error('no message')}"
-        )
-    engine_bytes = bytes(memoryview(serialized))
+    engine_bytes = _serialized_engine(builder, network, config, calibrator, logger, inputs,
+                                      f"{path.name}, {target.name}")  # fmt: skip
     with staged_engine_dir(engine_dir) as staging:
         (staging / ENGINE_FILE).write_bytes(engine_bytes)
         runtime, engine = deserialize_engine(engine_bytes, logger, options.version_compatible)
         (staging / LAYERS_FILE).write_text(_layer_information(engine), encoding="utf-8")
         if dla_layers is not None:
             write_json(staging / DLA_LAYERS_FILE, *TENSORRT_DLA_LAYERS, {"layers": dla_layers})
-        build_flags = {
-            "path": path.name, "strongly_typed": path.strongly_typed, "flags": flags, "target": target.name,
-            "workspace_mib": options.workspace_mib or target.workspace_mib,
-            "builder_optimization_level": _optimization_level(target, options), "dla_core": target.dla_core,
-            "batch_profile": batch, "version_compatible": options.version_compatible,
-            "hardware_compatibility": options.hardware_compatibility,
-            "calibration_cache_sha256": inputs.cache_sha256, "io": io_tensors(engine),
-            "timing_cache": str(cache_file),
-        }  # fmt: skip
+        build_flags = _build_flags(path, flags, target, options, batch, inputs.cache_sha256, io_tensors(engine),
+                                   cache_file)  # fmt: skip
         manifest = EngineManifest(
             backend=BACKEND, backend_version=trt.__version__, target=target.name, precision=precision,
             engine_file=ENGINE_FILE, engine_sha256=sha256_file(staging / ENGINE_FILE),
@@ -120,6 +101,49 @@ def build_engine(model_path: str | os.PathLike, engine_dir: str | os.PathLike, o
     # Only after the engine is in place: a failed build must not overwrite good timings.
     atomic_write_bytes(cache_file, bytes(memoryview(config.get_timing_cache().serialize())))
     return manifest
+
+
+def _parsed_network(
+    builder: trt.Builder, logger: trt.ILogger, path: BuildPath, inputs: BuildInputs
+) -> tuple[trt.INetworkDefinition, trt.OnnxParser, list[str]]:
+    """The network parsed from the model, its parser (keep it alive with the network it filled),
+    and the builder flags it needs: the path's and those the network itself asks for."""
+    import tensorrt as trt
+
+    network = builder.create_network(_network_flags(path))
+    parser = trt.OnnxParser(network, logger)
+    _parse(parser, inputs.model)
+    return network, parser, list(path.flags) + _check_network(network, path, inputs)
+
+
+def _serialized_engine(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
+                       calibrator: Any, logger: Any, inputs: BuildInputs, description: str) -> bytes:  # fmt: skip
+    """TensorRT's build, or a one-line error saying why it failed."""
+    import tensorrt as trt
+
+    print(f"tensorrt: building {inputs.model.name} ({description}); this can take minutes", file=sys.stderr)
+    serialized = builder.build_serialized_network(network, config)
+    if calibrator is not None and calibrator.refused:
+        raise UserError(calibrator.refused)
+    if serialized is None:
+        raise UserError(
+            f"{inputs.model}: TensorRT {trt.__version__} could not build it: {logger.last_error('no message')}"
+        )
+    return bytes(memoryview(serialized))
+
+
+def _build_flags(path: BuildPath, flags: list[str], target: Target, options: Options, batch: dict | None,
+                 cache_sha256: str | None, io: list[dict[str, Any]], timing_cache: Path) -> dict[str, Any]:  # fmt: skip
+    """How the engine was built, as the manifest records it (informational)."""
+    return {
+        "path": path.name, "strongly_typed": path.strongly_typed, "flags": flags, "target": target.name,
+        "workspace_mib": options.workspace_mib or target.workspace_mib,
+        "builder_optimization_level": _optimization_level(target, options), "dla_core": target.dla_core,
+        "batch_profile": batch, "version_compatible": options.version_compatible,
+        "hardware_compatibility": options.hardware_compatibility,
+        "calibration_cache_sha256": cache_sha256, "io": io,
+        "timing_cache": str(timing_cache),
+    }  # fmt: skip
 
 
 def read_build_inputs(model_path: str | os.PathLike, options: Options) -> BuildInputs:
