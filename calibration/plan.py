@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -227,16 +227,25 @@ def write_int8_model(
     output_path: str | os.PathLike,
     *,
     high_precision: str = "fp32",
+    high_precision_layers: Sequence[str] = (),
     **qdq: bool | str,
 ) -> QuantizeResult:
     """Every quantizable layer in INT8 (`qdq`: write_qdq_model's encoding options), and the rest of
     the graph (pooling, Relu, a residual Add's branch, the Casts at input and output) in
     `high_precision`: FP16 for TensorRT targets, since TensorRT 11 networks are strongly typed and
-    run what the ONNX types say, FP32 elsewhere. FP16 refuses constants and activations beyond its range."""
+    run what the ONNX types say, FP32 elsewhere. FP16 refuses constants and activations beyond its range.
+
+    `high_precision_layers` (node names of quantizable layers) stay in `high_precision` too: an
+    ungated what-if, e.g. the classifier left in float as Model Optimizer does (docs/BENCHMARKS.md section 8)."""
     if high_precision not in HIGH_PRECISIONS:
         raise UserError(f"high precision {high_precision!r} is not one of {', '.join(HIGH_PRECISIONS)}")
     model = _planned_model(model_path, ranges)
     layers = {node.name: "int8" for node in quantizable_layers(model)}
+    unknown = [name for name in high_precision_layers if name not in layers]
+    if unknown:
+        raise UserError(f"{model_path}: {', '.join(map(repr, unknown))} is not a quantizable layer; name Conv, Gemm, "
+                        "MatMul or residual Add nodes")  # fmt: skip
+    layers.update(dict.fromkeys(high_precision_layers, high_precision))
     return _write(model_path, ranges, layers, Path(output_path), qdq, high_precision)
 
 

@@ -21,6 +21,6 @@ TENSORRT_DLA_LAYERS = ("mimicnorm-deploy/tensorrt-dla-layers", 1)  # engine_dir/
 BUNDLE = ("mimicnorm-deploy/bundle", 1)  # bundle.json: a bundle's or a device results archive's files and engines
 GPU_CHECK = ("mimicnorm-deploy/gpu-check", 1)  # scripts/gpu_check.sh: every CUDA path with its figures
 TORCH_VS_ONNXRUNTIME = ("mimicnorm-deploy/torch-vs-onnxruntime", 1)  # scripts/bench_torch_vs_ort.py's summary
-PEER_STUDY = ("mimicnorm-deploy/peer-study", 1)  # scripts/peer_study.py
+PEER_STUDY = ("mimicnorm-deploy/peer-study", 2)  # scripts/peer_study.py
 PRECISION_PLAN = ("mimicnorm-deploy/precision-plan", 3)  # 3: the gate's hold-out size, resolution and flips
 TRT_CALIBRATION_CACHE = ("mimicnorm-deploy/trt-calibration-cache", 1)  # <cache>.json sidecar: the model it is for

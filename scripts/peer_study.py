@@ -9,27 +9,27 @@ Model Optimizer (modelopt), on the same FP32 models and calibration images.
 For every model, scored on the labelled test set:
 - FP32;
 - ours, per-channel, MinMax and entropy (TensorRT's EntropyCalibration2) ranges: written for
-  `desktop-gpu` (TensorRT's encoding, FP16 outside INT8) with Q/DQ simulated in float, and for
+  `desktop-gpu` (TensorRT's encoding, FP16 outside INT8) with Q/DQ simulated in float, the same
+  with the classifier (the last layer, a Gemm/MatMul) left in FP16 as modelopt leaves it, and for
   `cpu` (this machine's encoding) with ONNX Runtime's INT8 kernels and simulated;
 - `quantize_static` with every default (per-tensor MinMax, uint8 activations), kernels and simulated;
 - modelopt's `modelopt.onnx.quantization.quantize` (int8, per-channel, FP16 outside INT8) with its
   `max` and `entropy` calibration, simulated, when --modelopt-python names an interpreter that has
   `nvidia-modelopt[onnx]` (not a dependency of this project: install it in a separate venv).
-Plus, for each: calibration wall time (ours: ranges + writing one target's model; modelopt: its
-`quantize` call; quantize_static: its call) and
-the Q/DQ nodes per op type of the reader (`activation:Conv` = dequantized activations read by a
+Plus, for each: the calibration's process CPU time, all threads (ours: ranges + writing one
+target's model; modelopt: its `quantize` call, in its own process; quantize_static: its call), not
+wall time, which on a shared machine says more about the neighbours than the method; and the
+Q/DQ nodes per op type of the reader (`activation:Conv` = dequantized activations read by a
 Conv, `weight:Conv` = dequantized weights).
 
-Accuracies do not depend on what else the machine runs; wall times do, so the JSON records the
-load average before and after. The first `--calibration-images` images of the calibration set
-calibrate every method. Results: `<out>/peer_study.json` and `<out>/peer_study.md`.
+Accuracies do not depend on what else the machine runs. The first `--calibration-images` images
+of the calibration set calibrate every method. Results: `<out>/peer_study.json` and `<out>/peer_study.md`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -101,25 +101,37 @@ def score(model_path: Path, test, *, kernels: bool) -> dict:
     return result
 
 
+def classifier(model: Path) -> str | None:
+    """The name of the last quantizable layer when it is a Gemm/MatMul (the classifier), else None."""
+    import onnx
+
+    from calibration.qdq import quantizable_layers
+
+    last = quantizable_layers(onnx.load(str(model)))[-1]
+    return last.name if last.op_type in ("Gemm", "MatMul") else None
+
+
 def ours(model: Path, calib, test, tmp: Path, methods: list[str], say) -> dict:
     from calibration.plan import write_int8_model
     from calibration.ranges import calibrate_ranges
     from calibration.targets import encoding_for
 
+    head = classifier(model)
+    writes = [("desktop-gpu", ()), ("cpu", ())] + ([("desktop-gpu", (head,))] if head else [])
     results = {}
     for method in methods:
-        started = time.perf_counter()
+        started = time.process_time()
         ranges = calibrate_ranges(model, calib, method)
-        ranges_seconds = time.perf_counter() - started
-        for target in ("desktop-gpu", "cpu"):
+        ranges_seconds = time.process_time() - started
+        for target, float_layers in writes:
             encoding = encoding_for(target)
-            path = tmp / f"ours-{method}-{target}.onnx"
-            started = time.perf_counter()
+            key = f"ours {method}, {target}" + (", classifier float" if float_layers else "")
+            path = tmp / (key.replace(" ", "-").replace(",", "") + ".onnx")
+            started = time.process_time()
             write_int8_model(model, ranges, path, high_precision=encoding.high_precision, per_channel=True,
-                             **encoding.qdq_options)  # fmt: skip
-            seconds = ranges_seconds + time.perf_counter() - started
-            key = f"ours {method}, {target}"
-            results[key] = {**score(path, test, kernels=target == "cpu"), "seconds": seconds}
+                             high_precision_layers=float_layers, **encoding.qdq_options)  # fmt: skip
+            cpu_seconds = ranges_seconds + time.process_time() - started
+            results[key] = {**score(path, test, kernels=target == "cpu"), "cpu_seconds": cpu_seconds}
             say(f"{key}: {_describe(results[key])}")
     return results
 
@@ -133,9 +145,10 @@ def quantize_static_defaults(model: Path, calib, test, tmp: Path, say) -> dict:
 
     path = tmp / "quantize-static.onnx"
     input_name = image_input(onnx.load(str(model)), model)[0]
-    started = time.perf_counter()
+    started = time.process_time()
     quantize_static(str(model), str(path), ArrayCalibrationReader(calib, input_name, 32))
-    result = {**score(path, test, kernels=True), "seconds": time.perf_counter() - started}
+    cpu_seconds = time.process_time() - started
+    result = {**score(path, test, kernels=True), "cpu_seconds": cpu_seconds}
     say(f"quantize_static defaults: {_describe(result)}")
     return {"quantize_static defaults": result}
 
@@ -161,7 +174,8 @@ def modelopt(model: Path, calib, test, tmp: Path, python: str, say) -> dict:
 
 def _describe(result: dict) -> str:
     kernels = "" if result["kernels"] is None else f", kernels {100 * result['kernels']:.2f}%"
-    return f"{100 * result['simulated']:.2f}% simulated{kernels}, {result['seconds']:.1f} s, Q/DQ {result['qdq']}"
+    return (f"{100 * result['simulated']:.2f}% simulated{kernels}, {result['cpu_seconds']:.1f} s CPU, "
+            f"Q/DQ {result['qdq']}")  # fmt: skip
 
 
 def study_model(model: Path, calib, test, methods: list[str], modelopt_python: str | None, say) -> dict:
@@ -206,11 +220,11 @@ def render(study: dict) -> str:
             cells.append(f"{100 * variant['simulated']:.2f}{kernels}")
         lines.append(f"| {row['model']} | {100 * row['fp32']:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Test accuracy %: simulated / with ONNX Runtime's INT8 kernels where they run the encoding.", "",
-              "| model | variant | calibration s | Q/DQ readers |", "|---|---|---|---|"]  # fmt: skip
+              "| model | variant | calibration CPU s | Q/DQ readers |", "|---|---|---|---|"]  # fmt: skip
     for row in study["models"]:
         for key, variant in row["variants"].items():
             counts = ", ".join(f"{name} {n}" for name, n in variant["qdq"].items())
-            lines.append(f"| {Path(row['model']).parent} | {key} | {variant['seconds']:.1f} | {counts} |")
+            lines.append(f"| {Path(row['model']).parent} | {key} | {variant['cpu_seconds']:.1f} | {counts} |")
     return "\n".join(lines) + "\n"
 
 
@@ -229,14 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         test = load_image_set(args.test)
         if test[1] is None:
             raise UserError(f"{args.test}: no labels; pass the labelled test set written by prepare-data")
-        load_before = os.getloadavg()
         rows = []
         for model in args.models:
             rows.append(study_model(model, calib, test, args.methods.split(","), args.modelopt_python,
                                     lambda message, name=model: print(f"[{name}] {message}", flush=True)))  # fmt: skip
-        study = {"calibration_images": len(calib), "test_images": len(test[0]), "versions": versions(
-            args.modelopt_python), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "models": rows}  # fmt: skip
+        study = {"calibration_images": len(calib), "test_images": len(test[0]),
+                 "versions": versions(args.modelopt_python), "models": rows}  # fmt: skip
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

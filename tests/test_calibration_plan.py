@@ -9,7 +9,7 @@ from qdq_helpers import count_qdq
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.metrics import accuracy, sqnr_db
-from calibration.plan import layer_sensitivity, plan_precision, write_mixed_model
+from calibration.plan import layer_sensitivity, plan_precision, write_int8_model, write_mixed_model
 from calibration.qdq import qdq_zero_point_violations, quantizable_layers, tensorrt_placement_violations
 from calibration.ranges import calibrate_ranges
 from engines.errors import UserError
@@ -185,6 +185,27 @@ def test_all_high_precision_plan_writes_no_qdq(planted, tmp_path):
     plan.layers = dict.fromkeys(plan.layers, "fp32")
     assert write_mixed_model(path, plan, ranges, tmp_path / "fp32.onnx") is None
     assert count_qdq(onnx.load(tmp_path / "fp32.onnx"))["QuantizeLinear"] == 0
+
+
+@pytest.mark.parametrize("high_precision", ["fp32", "fp16"])
+def test_int8_model_can_leave_named_layers_in_high_precision(planted, tmp_path, high_precision):
+    path, ranges, _ = planted
+
+    def fc_reads_dequantized(model_path: Path) -> bool:
+        model = onnx.load(model_path)
+        producers = {output: node.op_type for node in model.graph.node for output in node.output}
+        fc = next(node for node in model.graph.node if node.name == "fc")
+        return any(producers.get(name) == "DequantizeLinear" for name in fc.input)
+
+    everything = write_int8_model(path, ranges, tmp_path / "all.onnx", high_precision=high_precision)
+    result = write_int8_model(path, ranges, tmp_path / "fc-float.onnx", high_precision=high_precision,
+                              high_precision_layers=["fc"])  # fmt: skip
+    assert set(everything.quantized_nodes) == {"conv1", "conv2", "fc"} and fc_reads_dequantized(tmp_path / "all.onnx")
+    assert set(result.quantized_nodes) == {"conv1", "conv2"} and result.excluded_nodes == ["fc"]
+    assert not fc_reads_dequantized(tmp_path / "fc-float.onnx")
+    with pytest.raises(UserError, match="'relu1' is not a quantizable layer"):
+        write_int8_model(path, ranges, tmp_path / "bad.onnx", high_precision_layers=["relu1"])
+    assert not (tmp_path / "bad.onnx").exists()
 
 
 @pytest.mark.parametrize(

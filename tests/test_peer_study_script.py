@@ -34,13 +34,16 @@ def test_peer_study_scores_every_variant_and_counts_qdq_readers(tmp_path, capsys
     assert result["calibration_images"] == 32 and result["test_images"] == 48
     variants = result["models"][0]["variants"]
     # no modelopt without its interpreter
-    assert set(variants) == {"ours minmax, desktop-gpu", "ours minmax, cpu", "quantize_static defaults"}
+    assert set(variants) == {"ours minmax, desktop-gpu", "ours minmax, desktop-gpu, classifier float",
+                             "ours minmax, cpu", "quantize_static defaults"}  # fmt: skip
     for name, variant in variants.items():
-        assert 0 <= variant["simulated"] <= 1 and variant["seconds"] > 0, name
-        assert (variant["kernels"] is None) == name.endswith("desktop-gpu"), name  # TensorRT does not run here
+        assert 0 <= variant["simulated"] <= 1 and variant["cpu_seconds"] > 0, name
+        assert (variant["kernels"] is None) == ("desktop-gpu" in name), name  # TensorRT does not run here
     # TensorRT's placement: conv1, conv2, fc and the residual Add's skip input read activations; three weights
     assert variants["ours minmax, desktop-gpu"]["qdq"] == {"activation:Add": 1, "activation:Conv": 2,
                                                            "activation:Gemm": 1, "weight:Conv": 2, "weight:Gemm": 1}
+    assert variants["ours minmax, desktop-gpu, classifier float"]["qdq"] == {"activation:Add": 1, "activation:Conv": 2,
+                                                                             "weight:Conv": 2}  # fmt: skip
     # ORT's own placement quantizes more: the pooling, the input scale-shift
     assert {"activation:GlobalAveragePool", "activation:Mul"} <= set(variants["quantize_static defaults"]["qdq"])
     assert "| ours minmax, desktop-gpu |" in (tmp_path / "out" / "peer_study.md").read_text()
