@@ -72,17 +72,23 @@ def logits(model_path: str | Path, images, *, kernels: bool = False):
 
 
 def qdq_counts(model_path: str | Path) -> dict[str, int]:
-    """DequantizeLinear outputs by reader: `activation:<op>` after a QuantizeLinear, `weight:<op>` of a constant."""
+    """DequantizeLinear outputs by reader: `weight:<op>` when the quantized tensor is a constant (an
+    int8 initializer, or a float one behind its QuantizeLinear, as modelopt writes weights),
+    `activation:<op>` otherwise."""
     import onnx
 
     model = onnx.load(str(model_path))
     producers = {output: node for node in model.graph.node for output in node.output}
-    dequantized = {}
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear":
-            source = producers.get(node.input[0])
-            dequantized[node.output[0]] = "activation" if source is not None and source.op_type == "QuantizeLinear" \
-                else "weight"  # fmt: skip
+    constants = {init.name for init in model.graph.initializer}
+
+    def constant(name: str) -> bool:
+        node = producers.get(name)
+        if node is None:
+            return name in constants
+        return node.op_type == "Constant" or (node.op_type in ("QuantizeLinear", "Cast") and constant(node.input[0]))
+
+    dequantized = {node.output[0]: "weight" if constant(node.input[0]) else "activation"
+                   for node in model.graph.node if node.op_type == "DequantizeLinear"}  # fmt: skip
     counts: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 from tiny_onnx import make_tiny_resnet, random_images
 
 from engines.artifacts import save_image_set
@@ -58,3 +60,29 @@ def test_peer_study_refuses_an_unlabelled_test_set(tmp_path, capsys):
     assert study.main([str(model), "--calib", str(tmp_path / "calib.npz"), "--test", str(tmp_path / "calib.npz"),
                        "--out", str(tmp_path / "out")]) == 2  # fmt: skip
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
+
+
+def test_qdq_counts_tells_quantized_weights_from_activations(tmp_path):
+    """A weight quantized in the graph (float initializer -> Q -> DQ, as modelopt writes it) is a
+    weight; an int8 initializer read by DQ is one too; anything computed is an activation."""
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "zero")
+    w_float = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w_float")
+    w_int8 = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), "w_int8")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xd"]),
+        helper.make_node("QuantizeLinear", ["w_float", "scale", "zero"], ["wq"]),
+        helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["wd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["c1"]),
+        helper.make_node("QuantizeLinear", ["c1", "scale", "zero"], ["c1q"]),
+        helper.make_node("DequantizeLinear", ["c1q", "scale", "zero"], ["c1d"]),
+        helper.make_node("DequantizeLinear", ["w_int8", "scale", "zero"], ["w2d"]),
+        helper.make_node("Conv", ["c1d", "w2d"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])],
+                              [scale, zero, w_float, w_int8])  # fmt: skip
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
+    assert load_script().qdq_counts(path) == {"activation:Conv": 2, "weight:Conv": 2}
