@@ -3,8 +3,8 @@
 Model Optimizer (modelopt), on the same FP32 models and calibration images.
 
     python scripts/peer_study.py MODEL.onnx [MODEL.onnx ...] --calib calib.npz --test test.npz
-        [--calibration-images 512] [--methods minmax,entropy] [--modelopt-python /path/to/venv/bin/python]
-        [--out runs/peer]
+        [--calibration-images 512] [--test-images N] [--methods minmax,entropy]
+        [--modelopt-python /path/to/venv/bin/python] [--out runs/peer]
 
 For every model, scored on the labelled test set:
 - FP32;
@@ -23,7 +23,10 @@ Q/DQ nodes per op type of the reader (`activation:Conv` = dequantized activation
 Conv, `weight:Conv` = dequantized weights).
 
 Accuracies do not depend on what else the machine runs. The first `--calibration-images` images
-of the calibration set calibrate every method. Results: `<out>/peer_study.json` and `<out>/peer_study.md`.
+of the calibration set calibrate every method; `--test-images N` scores on the first N test
+images only (a quick look). Results: `<out>/peer_study.json` (written after every model; a later
+run into the same --out keeps the earlier models that it does not re-run), `<out>/peer_study.md`,
+and every quantized model under `<out>/models/<arch>-<norm>-<seed>/`.
 """
 
 from __future__ import annotations
@@ -32,29 +35,28 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines.artifacts import load_image_set, write_json  # noqa: E402
+from engines.artifacts import load_image_set, read_json, write_json  # noqa: E402
 from engines.errors import UserError  # noqa: E402
 from engines.schemas import PEER_STUDY  # noqa: E402
 
 OURS_METHODS = ("minmax", "entropy")
 MODELOPT_METHODS = ("max", "entropy")
-# Run inside the modelopt interpreter: quantize, then print the wall time of the call as the last line.
+# Run inside the modelopt interpreter: quantize, then print the CPU time of the call as the last line.
 MODELOPT_SCRIPT = """
 import json, sys, time
 import numpy as np
 from modelopt.onnx.quantization import quantize
 model, data, method, out = sys.argv[1:5]
-started = time.perf_counter()
+started = time.process_time()
 quantize(model, quantize_mode="int8", calibration_data=np.load(data), calibration_method=method,
          calibration_eps=["cpu"], output_path=out, high_precision_dtype="fp16")
-print(json.dumps({"seconds": time.perf_counter() - started}))
+print(json.dumps({"cpu_seconds": time.process_time() - started}))
 """
 
 
@@ -134,10 +136,14 @@ def ours(model: Path, calib, test, tmp: Path, methods: list[str], say) -> dict:
             key = f"ours {method}, {target}" + (", classifier float" if float_layers else "")
             path = tmp / (key.replace(" ", "-").replace(",", "") + ".onnx")
             started = time.process_time()
-            write_int8_model(model, ranges, path, high_precision=encoding.high_precision, per_channel=True,
-                             high_precision_layers=float_layers, **encoding.qdq_options)  # fmt: skip
-            cpu_seconds = ranges_seconds + time.process_time() - started
-            results[key] = {**score(path, test, kernels=target == "cpu"), "cpu_seconds": cpu_seconds}
+            try:
+                write_int8_model(model, ranges, path, high_precision=encoding.high_precision, per_channel=True,
+                                 high_precision_layers=float_layers, **encoding.qdq_options)  # fmt: skip
+            except UserError as exc:  # e.g. activations beyond FP16: a result of this model, not a failed study
+                results[key] = {"error": str(exc)}
+            else:
+                cpu_seconds = ranges_seconds + time.process_time() - started
+                results[key] = {**score(path, test, kernels=target == "cpu"), "cpu_seconds": cpu_seconds}
             say(f"{key}: {_describe(results[key])}")
     return results
 
@@ -169,32 +175,39 @@ def modelopt(model: Path, calib, test, tmp: Path, python: str, say) -> dict:
         path = tmp / f"modelopt-{method}.onnx"
         run = subprocess.run([python, "-c", MODELOPT_SCRIPT, str(model), str(data), method, str(path)],
                              capture_output=True, text=True)  # fmt: skip
-        if run.returncode != 0:
-            raise UserError(f"modelopt ({python}) failed on {model.name}: {run.stderr.strip().splitlines()[-1:]}")
-        seconds = json.loads(run.stdout.strip().splitlines()[-1])["seconds"]
         key = f"modelopt {method}"
-        results[key] = {**score(path, test, kernels=False), "seconds": seconds}
+        if run.returncode != 0:
+            results[key] = {"error": f"modelopt failed: {' '.join(run.stderr.strip().splitlines()[-1:])}"}
+        else:
+            cpu_seconds = json.loads(run.stdout.strip().splitlines()[-1])["cpu_seconds"]
+            results[key] = {**score(path, test, kernels=False), "cpu_seconds": cpu_seconds}
         say(f"{key}: {_describe(results[key])}")
     return results
 
 
 def _describe(result: dict) -> str:
+    if "error" in result:
+        return f"refused: {result['error']}"
     kernels = "" if result["kernels"] is None else f", kernels {100 * result['kernels']:.2f}%"
     return (f"{100 * result['simulated']:.2f}% simulated{kernels}, {result['cpu_seconds']:.1f} s CPU, "
             f"Q/DQ {result['qdq']}")  # fmt: skip
 
 
-def study_model(model: Path, calib, test, methods: list[str], modelopt_python: str | None, say) -> dict:
+def model_tag(model: Path) -> str:
+    """`<arch>-<norm>-<seed>` for the int8 study's layout (`<arch>/<norm>/seed<k>/model.onnx`)."""
+    return "-".join(model.resolve().parent.parts[-3:])
+
+
+def study_model(model: Path, calib, test, methods: list[str], modelopt_python: str | None, keep: Path, say) -> dict:
     from calibration.metrics import accuracy
 
     fp32 = accuracy(logits(model, test[0]), test[1])
     say(f"FP32 {100 * fp32:.2f}%")
-    with tempfile.TemporaryDirectory(prefix="peer-study.") as tmp_dir:
-        tmp = Path(tmp_dir)
-        variants = {**ours(model, calib, test, tmp, methods, say),
-                    **quantize_static_defaults(model, calib, test, tmp, say)}  # fmt: skip
-        if modelopt_python:
-            variants.update(modelopt(model, calib, test, tmp, modelopt_python, say))
+    keep.mkdir(parents=True, exist_ok=True)
+    variants = {**ours(model, calib, test, keep, methods, say),
+                **quantize_static_defaults(model, calib, test, keep, say)}  # fmt: skip
+    if modelopt_python:
+        variants.update(modelopt(model, calib, test, keep, modelopt_python, say))
     return {"model": str(model), "fp32": fp32, "variants": variants}
 
 
@@ -219,18 +232,21 @@ def render(study: dict) -> str:
         cells = []
         for key in keys:
             variant = row["variants"].get(key)
-            if variant is None:
-                cells.append("")
+            if variant is None or "error" in variant:
+                cells.append("" if variant is None else "refused")
                 continue
             kernels = "" if variant["kernels"] is None else f" / {100 * variant['kernels']:.2f}"
             cells.append(f"{100 * variant['simulated']:.2f}{kernels}")
-        lines.append(f"| {row['model']} | {100 * row['fp32']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model_tag(Path(row['model']))} | {100 * row['fp32']:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Test accuracy %: simulated / with ONNX Runtime's INT8 kernels where they run the encoding.", "",
               "| model | variant | calibration CPU s | Q/DQ readers |", "|---|---|---|---|"]  # fmt: skip
     for row in study["models"]:
         for key, variant in row["variants"].items():
+            if "error" in variant:
+                lines.append(f"| {model_tag(Path(row['model']))} | {key} | | refused: {variant['error']} |")
+                continue
             counts = ", ".join(f"{name} {n}" for name, n in variant["qdq"].items())
-            lines.append(f"| {Path(row['model']).parent} | {key} | {variant['cpu_seconds']:.1f} | {counts} |")
+            lines.append(f"| {model_tag(Path(row['model']))} | {key} | {variant['cpu_seconds']:.1f} | {counts} |")
     return "\n".join(lines) + "\n"
 
 
@@ -240,29 +256,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", required=True, help="calibration image set (.npz)")
     parser.add_argument("--test", required=True, help="labelled test image set (.npz)")
     parser.add_argument("--calibration-images", type=int, default=512)
+    parser.add_argument("--test-images", type=int, help="score on the first N test images only (default: all)")
     parser.add_argument("--methods", default=",".join(OURS_METHODS), help="our range methods to run")
     parser.add_argument("--modelopt-python", help="a Python with nvidia-modelopt[onnx] installed")
     parser.add_argument("--out", default="runs/peer", type=Path)
     args = parser.parse_args(argv)
     try:
         calib = load_image_set(args.calib)[0][: args.calibration_images]
-        test = load_image_set(args.test)
-        if test[1] is None:
+        images, labels = load_image_set(args.test)
+        if labels is None:
             raise UserError(f"{args.test}: no labels; pass the labelled test set written by prepare-data")
-        rows = []
-        for model in args.models:
-            rows.append(study_model(model, calib, test, args.methods.split(","), args.modelopt_python,
-                                    lambda message, name=model: print(f"[{name}] {message}", flush=True)))  # fmt: skip
+        test = (images[: args.test_images], labels[: args.test_images])
         study = {"calibration_images": len(calib), "test_images": len(test[0]),
-                 "versions": versions(args.modelopt_python), "models": rows}  # fmt: skip
+                 "versions": versions(args.modelopt_python), "models": []}  # fmt: skip
+        study["models"] = _earlier_rows(args.out / "peer_study.json", study, args.models)
+        for model in args.models:
+            tag = model_tag(model)
+            study["models"].append(study_model(model, calib, test, args.methods.split(","), args.modelopt_python,
+                                               args.out / "models" / tag,
+                                               lambda message, tag=tag: print(f"[{tag}] {message}", flush=True)))
+            write_json(args.out / "peer_study.json", *PEER_STUDY, study)  # after every model: a long study resumes
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "peer_study.json", *PEER_STUDY, study)
     (args.out / "peer_study.md").write_text(render(study))
     print(render(study))
     return 0
+
+
+def _earlier_rows(path: Path, study: dict, models: list[Path]) -> list[dict]:
+    """The rows of an earlier run into the same --out with the same set-up, minus the models re-run now."""
+    if not path.is_file():
+        return []
+    earlier = read_json(path, *PEER_STUDY, hint="pass another --out")
+    same = all(earlier[key] == study[key] for key in ("calibration_images", "test_images", "versions"))
+    if not same:
+        raise UserError(f"{path} holds a study with other images or versions; pass another --out")
+    rerun = {str(model) for model in models}
+    return [row for row in earlier["models"] if row["model"] not in rerun]
 
 
 if __name__ == "__main__":

@@ -52,6 +52,38 @@ def test_peer_study_scores_every_variant_and_counts_qdq_readers(tmp_path, capsys
     assert "FP32" in capsys.readouterr().out
 
 
+def test_peer_study_keeps_earlier_models_and_runs_a_modelopt_interpreter(tmp_path):
+    """A second run into the same --out adds its model; --test-images cuts the test set; the modelopt
+    columns come from the interpreter given (here a fake that writes the FP32 model unchanged, then one that fails)."""
+    study = load_script()
+    for norm in ("mimic", "bn"):
+        (tmp_path / "a" / norm / "seed0").mkdir(parents=True)
+    first = make_tiny_resnet(tmp_path / "a" / "mimic" / "seed0" / "model.onnx")
+    second = make_tiny_resnet(tmp_path / "a" / "bn" / "seed0" / "model.onnx")
+    rng = np.random.default_rng(0)
+    for name, n in (("calib", 32), ("test", 48)):
+        pixels = (random_images(n, seed=n) * 255).astype(np.uint8)
+        save_image_set(tmp_path / f"{name}.npz", pixels, rng.integers(0, 3, n), 1 / 255)
+    fake = tmp_path / "fake-modelopt-python"
+    fake.write_text('#!/bin/sh\nif [ $# -eq 2 ]; then echo 0.0-fake; exit 0; fi\n'
+                    'if [ "$5" = entropy ]; then echo "RuntimeError: fake failure" >&2; exit 1; fi\n'
+                    'cp "$3" "$6" && echo \'{"cpu_seconds": 0.5}\'\n')  # fmt: skip
+    fake.chmod(0o755)
+    common = ["--calib", str(tmp_path / "calib.npz"), "--test", str(tmp_path / "test.npz"), "--test-images", "40",
+              "--methods", "minmax", "--modelopt-python", str(fake), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert study.main([str(first), *common]) == 0 and study.main([str(second), *common]) == 0
+    result = json.loads((tmp_path / "out" / "peer_study.json").read_text())
+    assert result["test_images"] == 40 and result["versions"]["modelopt"] == "0.0-fake"
+    assert [row["model"] for row in result["models"]] == [str(first), str(second)]
+    for row in result["models"]:
+        variants = row["variants"]
+        assert variants["modelopt max"]["simulated"] == row["fp32"] and variants["modelopt max"]["cpu_seconds"] == 0.5
+        assert variants["modelopt entropy"] == {"error": "modelopt failed: RuntimeError: fake failure"}
+    assert (tmp_path / "out" / "models" / "a-bn-seed0" / "modelopt-max.onnx").is_file()
+    table = (tmp_path / "out" / "peer_study.md").read_text()
+    assert "| a-bn-seed0 | modelopt entropy | | refused: modelopt failed" in table
+
+
 def test_peer_study_refuses_an_unlabelled_test_set(tmp_path, capsys):
     study = load_script()
     model = make_tiny_resnet(tmp_path / "model.onnx")
