@@ -125,7 +125,7 @@ def ours(model: Path, calib, test, tmp: Path, methods: list[str], say) -> dict:
     from calibration.targets import encoding_for
 
     head = classifier(model)
-    writes = [("desktop-gpu", ()), ("cpu", ())] + ([("desktop-gpu", (head,))] if head else [])
+    writes = [("desktop-gpu", ())] + ([("desktop-gpu", (head,))] if head else []) + [("cpu", ())]
     results = {}
     for method in methods:
         started = time.process_time()
