@@ -20,7 +20,7 @@ Plus, for each: the calibration's process CPU time, all threads (ours: ranges + 
 target's model; modelopt: its `quantize` call, in its own process; quantize_static: its call), not
 wall time, which on a shared machine says more about the neighbours than the method; and the
 Q/DQ nodes per op type of the reader (`activation:Conv` = dequantized activations read by a
-Conv, `weight:Conv` = dequantized weights).
+Conv, `weight:Conv` = dequantized weights, `bias:Conv` = dequantized biases).
 
 Accuracies do not depend on what else the machine runs. The first `--calibration-images` images
 of the calibration set calibrate every method; `--test-images N` scores on the first N test
@@ -76,7 +76,8 @@ def logits(model_path: str | Path, images, *, kernels: bool = False):
 def qdq_counts(model_path: str | Path) -> dict[str, int]:
     """DequantizeLinear outputs by reader: `weight:<op>` when the quantized tensor is a constant (an
     int8 initializer, or a float one behind its QuantizeLinear, as modelopt writes weights),
-    `activation:<op>` otherwise."""
+    `bias:<op>` for a Conv/Gemm's third input (quantize_static's int32 biases), `activation:<op>`
+    otherwise."""
     import onnx
 
     model = onnx.load(str(model_path))
@@ -93,9 +94,10 @@ def qdq_counts(model_path: str | Path) -> dict[str, int]:
                    for node in model.graph.node if node.op_type == "DequantizeLinear"}  # fmt: skip
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        for name in node.input:
+        for index, name in enumerate(node.input):
             if name in dequantized:
-                key = f"{dequantized[name]}:{node.op_type}"
+                kind = "bias" if index == 2 and node.op_type in ("Conv", "Gemm") else dequantized[name]
+                key = f"{kind}:{node.op_type}"
                 counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 

@@ -46,8 +46,9 @@ def test_peer_study_scores_every_variant_and_counts_qdq_readers(tmp_path, capsys
                                                            "activation:Gemm": 1, "weight:Conv": 2, "weight:Gemm": 1}
     assert variants["ours minmax, desktop-gpu, classifier float"]["qdq"] == {"activation:Add": 1, "activation:Conv": 2,
                                                                              "weight:Conv": 2}  # fmt: skip
-    # ORT's own placement quantizes more: the pooling, the input scale-shift
-    assert {"activation:GlobalAveragePool", "activation:Mul"} <= set(variants["quantize_static defaults"]["qdq"])
+    # ORT's own placement quantizes more: the pooling, the input scale-shift; and its biases (int32)
+    assert {"activation:GlobalAveragePool", "activation:Mul", "bias:Conv", "bias:Gemm"} <= set(
+        variants["quantize_static defaults"]["qdq"])
     assert "| ours minmax, desktop-gpu |" in (tmp_path / "out" / "peer_study.md").read_text()
     assert "FP32" in capsys.readouterr().out
 
