@@ -17,8 +17,10 @@ Where the Q/DQ pairs go depends on who runs the model (PLACEMENTS):
   stays unquantized, rounding the sum once (docs/TENSORRT.md section 2: the placement NVIDIA's
   Model Optimizer writes).
 - "onnxruntime": ORT's own placement, Q/DQ on the inputs and outputs of every op it knows, the
-  DQ -> op -> Q node units its CPU kernels fuse into QLinearConv and friends (with uint8
-  activations ORT fuses the tensorrt placement as well: docs/BENCHMARKS.md section 4.1). Two ORT rules
+  DQ -> op -> Q node units its CPU kernels fuse into QLinearConv and friends. ORT cannot run the
+  tensorrt placement well: a Conv feeding a residual Add's float branch has no Q after it, so it
+  stays a float Conv (9 of ResNet-20's 21), and the model ran 2x slower than FP32 where this
+  placement ran at 0.55x (docs/BENCHMARKS.md section 4.1). Hence two placements. Two ORT rules
   change which range a tensor gets there: the input of a Relu/Clip takes the Relu's output range,
   and the output of a value-preserving op (Flatten, Reshape, MaxPool, ...) takes its input's range.
 """
