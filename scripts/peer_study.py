@@ -3,7 +3,7 @@
 Model Optimizer (modelopt), on the same FP32 models and calibration images.
 
     python scripts/peer_study.py MODEL.onnx [MODEL.onnx ...] --calib calib.npz --test test.npz
-        [--calibration-images 512] [--test-images N] [--methods minmax,entropy]
+        [--calibration-images 512] [--test-images N] [--methods minmax,entropy] [--tensorrt-only]
         [--modelopt-python /path/to/venv/bin/python] [--out runs/peer]
 
 For every model, scored on the labelled test set:
@@ -24,9 +24,12 @@ Conv, `weight:Conv` = dequantized weights, `bias:Conv` = dequantized biases).
 
 Accuracies do not depend on what else the machine runs. The first `--calibration-images` images
 of the calibration set calibrate every method; `--test-images N` scores on the first N test
-images only (a quick look). Results: `<out>/peer_study.json` (written after every model; a later
-run into the same --out keeps the earlier models that it does not re-run), `<out>/peer_study.md`,
-and every quantized model under `<out>/models/<arch>-<norm>-<seed>/`.
+images only (a quick look); `--tensorrt-only` skips the `cpu` and quantize_static columns (each
+costs two passes over the test set: kernels and simulated).
+
+Results: `<out>/peer_study.json` (written after every model; a later run into the same --out
+keeps the earlier models that it does not re-run), `<out>/peer_study.md`, and every quantized
+model under `<out>/models/<arch>-<norm>-<seed>/`.
 """
 
 from __future__ import annotations
@@ -121,13 +124,13 @@ def classifier(model: Path) -> str | None:
     return last.name if last.op_type in ("Gemm", "MatMul") else None
 
 
-def ours(model: Path, calib, test, tmp: Path, methods: list[str], say) -> dict:
+def ours(model: Path, calib, test, tmp: Path, methods: list[str], cpu: bool, say) -> dict:
     from calibration.plan import write_int8_model
     from calibration.ranges import calibrate_ranges
     from calibration.targets import encoding_for
 
     head = classifier(model)
-    writes = [("desktop-gpu", ())] + ([("desktop-gpu", (head,))] if head else []) + [("cpu", ())]
+    writes = [("desktop-gpu", ())] + ([("desktop-gpu", (head,))] if head else []) + ([("cpu", ())] if cpu else [])
     results = {}
     for method in methods:
         started = time.process_time()
@@ -200,16 +203,17 @@ def model_tag(model: Path) -> str:
     return "-".join(model.resolve().parent.parts[-3:])
 
 
-def study_model(model: Path, calib, test, methods: list[str], modelopt_python: str | None, keep: Path, say) -> dict:
+def study_model(model: Path, calib, test, args: argparse.Namespace, keep: Path, say) -> dict:
     from calibration.metrics import accuracy
 
     fp32 = accuracy(logits(model, test[0]), test[1])
     say(f"FP32 {100 * fp32:.2f}%")
     keep.mkdir(parents=True, exist_ok=True)
-    variants = {**ours(model, calib, test, keep, methods, say),
-                **quantize_static_defaults(model, calib, test, keep, say)}  # fmt: skip
-    if modelopt_python:
-        variants.update(modelopt(model, calib, test, keep, modelopt_python, say))
+    variants = ours(model, calib, test, keep, args.methods.split(","), not args.tensorrt_only, say)
+    if not args.tensorrt_only:
+        variants.update(quantize_static_defaults(model, calib, test, keep, say))
+    if args.modelopt_python:
+        variants.update(modelopt(model, calib, test, keep, args.modelopt_python, say))
     return {"model": str(model), "fp32": fp32, "variants": variants}
 
 
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-images", type=int, default=512)
     parser.add_argument("--test-images", type=int, help="score on the first N test images only (default: all)")
     parser.add_argument("--methods", default=",".join(OURS_METHODS), help="our range methods to run")
+    parser.add_argument("--tensorrt-only", action="store_true",
+                        help="only the TensorRT encodings (ours for desktop-gpu, modelopt): no cpu, no quantize_static")
     parser.add_argument("--modelopt-python", help="a Python with nvidia-modelopt[onnx] installed")
     parser.add_argument("--out", default="runs/peer", type=Path)
     args = parser.parse_args(argv)
@@ -274,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         study["models"] = _earlier_rows(args.out / "peer_study.json", study, args.models)
         for model in args.models:
             tag = model_tag(model)
-            study["models"].append(study_model(model, calib, test, args.methods.split(","), args.modelopt_python,
-                                               args.out / "models" / tag,
+            study["models"].append(study_model(model, calib, test, args, args.out / "models" / tag,
                                                lambda message, tag=tag: print(f"[{tag}] {message}", flush=True)))
             write_json(args.out / "peer_study.json", *PEER_STUDY, study)  # after every model: a long study resumes
     except UserError as exc:

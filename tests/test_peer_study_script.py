@@ -71,7 +71,7 @@ def test_peer_study_keeps_earlier_models_and_runs_a_modelopt_interpreter(tmp_pat
                     'cp "$3" "$6" && echo \'{"cpu_seconds": 0.5}\'\n')  # fmt: skip
     fake.chmod(0o755)
     common = ["--calib", str(tmp_path / "calib.npz"), "--test", str(tmp_path / "test.npz"), "--test-images", "40",
-              "--methods", "minmax", "--modelopt-python", str(fake), "--out", str(tmp_path / "out")]  # fmt: skip
+              "--methods", "minmax", "--tensorrt-only", "--modelopt-python", str(fake), "--out", str(tmp_path / "out")]
     assert study.main([str(first), *common]) == 0 and study.main([str(second), *common]) == 0
     result = json.loads((tmp_path / "out" / "peer_study.json").read_text())
     assert result["test_images"] == 40 and result["versions"]["modelopt"] == "0.0-fake"
@@ -80,6 +80,8 @@ def test_peer_study_keeps_earlier_models_and_runs_a_modelopt_interpreter(tmp_pat
         variants = row["variants"]
         assert variants["modelopt max"]["simulated"] == row["fp32"] and variants["modelopt max"]["cpu_seconds"] == 0.5
         assert variants["modelopt entropy"] == {"error": "modelopt failed: RuntimeError: fake failure"}
+        assert set(variants) == {"ours minmax, desktop-gpu", "ours minmax, desktop-gpu, classifier float",
+                                 "modelopt max", "modelopt entropy"}  # --tensorrt-only: no cpu, no quantize_static
     assert (tmp_path / "out" / "models" / "a-bn-seed0" / "modelopt-max.onnx").is_file()
     table = (tmp_path / "out" / "peer_study.md").read_text()
     assert "| a-bn-seed0 | modelopt entropy | | refused: modelopt failed" in table
