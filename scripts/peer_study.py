@@ -105,6 +105,38 @@ def qdq_counts(model_path: str | Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def activation_amax(model_path: str | Path) -> dict[str, float]:
+    """amax (scale x 127) of every activation a QuantizeLinear quantizes, by the float tensor's name
+    (behind a Cast, for FP16 graphs); symmetric int8 only."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    amax = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in initializers:
+            continue
+        source = node.input[0]
+        while source in producers and producers[source].op_type == "Cast":
+            source = producers[source].input[0]
+        amax[source] = float(numpy_helper.to_array(initializers[node.input[1]]).astype("float64").max()) * 127
+    return amax
+
+
+def compare_amax(ours_model: Path, peer_model: Path) -> dict:
+    """Per shared tensor (ours amax, peer amax), and the ratio's spread."""
+    import numpy as np
+
+    ours_amax, peer_amax = activation_amax(ours_model), activation_amax(peer_model)
+    shared = [name for name in ours_amax if name in peer_amax and peer_amax[name] > 0]
+    ratios = np.array([ours_amax[name] / peer_amax[name] for name in shared])
+    return {"tensors": {name: [ours_amax[name], peer_amax[name]] for name in shared},
+            "ratio_min": float(ratios.min()), "ratio_median": float(np.median(ratios)),
+            "ratio_max": float(ratios.max())} if shared else {"tensors": {}}  # fmt: skip
+
+
 def score(model_path: Path, test, *, kernels: bool) -> dict:
     from calibration.metrics import accuracy
 
@@ -124,6 +156,11 @@ def classifier(model: Path) -> str | None:
     return last.name if last.op_type in ("Gemm", "MatMul") else None
 
 
+def variant_path(directory: Path, key: str) -> Path:
+    """Where the model of variant `key` ("ours entropy, desktop-gpu") is kept: ours-entropy-desktop-gpu.onnx."""
+    return directory / (key.replace(",", "").replace(" ", "-") + ".onnx")
+
+
 def ours(model: Path, calib, test, tmp: Path, methods: list[str], cpu: bool, say) -> dict:
     from calibration.plan import write_int8_model
     from calibration.ranges import calibrate_ranges
@@ -139,7 +176,7 @@ def ours(model: Path, calib, test, tmp: Path, methods: list[str], cpu: bool, say
         for target, float_layers in writes:
             encoding = encoding_for(target)
             key = f"ours {method}, {target}" + (", classifier float" if float_layers else "")
-            path = tmp / (key.replace(" ", "-").replace(",", "") + ".onnx")
+            path = variant_path(tmp, key)
             started = time.process_time()
             try:
                 write_int8_model(model, ranges, path, high_precision=encoding.high_precision, per_channel=True,
@@ -177,7 +214,7 @@ def modelopt(model: Path, calib, test, tmp: Path, python: str, say) -> dict:
     np.save(data, calib)
     results = {}
     for method in MODELOPT_METHODS:
-        path = tmp / f"modelopt-{method}.onnx"
+        path = variant_path(tmp, f"modelopt {method}")
         run = subprocess.run([python, "-c", MODELOPT_SCRIPT, str(model), str(data), method, str(path)],
                              capture_output=True, text=True)  # fmt: skip
         key = f"modelopt {method}"
@@ -212,9 +249,24 @@ def study_model(model: Path, calib, test, args: argparse.Namespace, keep: Path, 
     variants = ours(model, calib, test, keep, args.methods.split(","), not args.tensorrt_only, say)
     if not args.tensorrt_only:
         variants.update(quantize_static_defaults(model, calib, test, keep, say))
+    row = {"model": str(model), "fp32": fp32, "variants": variants, "amax_vs_modelopt": {}}
     if args.modelopt_python:
         variants.update(modelopt(model, calib, test, keep, args.modelopt_python, say))
-    return {"model": str(model), "fp32": fp32, "variants": variants}
+        for ours_method, peer_method in (("minmax", "max"), ("entropy", "entropy")):
+            ours_model = variant_path(keep, f"ours {ours_method}, desktop-gpu")
+            peer_model = variant_path(keep, f"modelopt {peer_method}")
+            if ours_model.is_file() and peer_model.is_file() and "error" not in variants[f"modelopt {peer_method}"]:
+                comparison = compare_amax(ours_model, peer_model)
+                row["amax_vs_modelopt"][f"ours {ours_method} / modelopt {peer_method}"] = comparison
+                say(f"amax, ours {ours_method} / modelopt {peer_method}: {_describe_ratio(comparison)}")
+    return row
+
+
+def _describe_ratio(comparison: dict) -> str:
+    if not comparison["tensors"]:
+        return "no shared tensor"
+    return (f"{comparison['ratio_min']:.3f} / {comparison['ratio_median']:.3f} / {comparison['ratio_max']:.3f} "
+            f"(min / median / max over {len(comparison['tensors'])} tensors)")  # fmt: skip
 
 
 def versions(modelopt_python: str | None) -> dict:
@@ -253,6 +305,10 @@ def render(study: dict) -> str:
                 continue
             counts = ", ".join(f"{name} {n}" for name, n in variant["qdq"].items())
             lines.append(f"| {model_tag(Path(row['model']))} | {key} | {variant['cpu_seconds']:.1f} | {counts} |")
+    comparisons = [(row, key, c) for row in study["models"] for key, c in row.get("amax_vs_modelopt", {}).items()]
+    if comparisons:
+        lines += ["", "| model | activation amax ratio | min / median / max |", "|---|---|---|"]
+        lines += [f"| {model_tag(Path(row['model']))} | {key} | {_describe_ratio(c)} |" for row, key, c in comparisons]
     return "\n".join(lines) + "\n"
 
 

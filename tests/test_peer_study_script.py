@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tiny_onnx import make_tiny_resnet, random_images
 
-from engines.artifacts import save_image_set
+from calibration.ranges import calibrate_ranges
+from engines.artifacts import load_image_set, save_image_set
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "peer_study.py"
 
@@ -51,6 +53,16 @@ def test_peer_study_scores_every_variant_and_counts_qdq_readers(tmp_path, capsys
         variants["quantize_static defaults"]["qdq"])
     assert "| ours minmax, desktop-gpu |" in (tmp_path / "out" / "peer_study.md").read_text()
     assert "FP32" in capsys.readouterr().out
+
+    # the amax read back from the kept models is the calibrated range, also in the FP16 graph (scales in FP16)
+    kept = tmp_path / "out" / "models" / study.model_tag(model)
+    ranges = calibrate_ranges(model, load_image_set(tmp_path / "calib.npz")[0][:32])
+    amax = study.activation_amax(kept / "ours-minmax-desktop-gpu.onnx")
+    assert amax and all(amax[name] == pytest.approx(ranges.amax[name], rel=1e-3) for name in amax)
+    comparison = study.compare_amax(kept / "ours-minmax-desktop-gpu.onnx",
+                                    kept / "ours-minmax-desktop-gpu-classifier-float.onnx")  # fmt: skip
+    assert len(comparison["tensors"]) == len(amax) - 1  # all but the classifier's input
+    assert comparison["ratio_min"] == comparison["ratio_max"] == 1.0
 
 
 def test_peer_study_keeps_earlier_models_and_runs_a_modelopt_interpreter(tmp_path):
