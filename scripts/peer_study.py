@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -138,12 +139,30 @@ def compare_amax(ours_model: Path, peer_model: Path) -> dict:
 
 
 def score(model_path: Path, test, *, kernels: bool) -> dict:
+    """Accuracy simulated (and with ONNX Runtime's kernels); the simulated top-1 of every test image
+    goes to `<model>.top1.npy` beside the model, for paired comparisons."""
+    import numpy as np
+
     from calibration.metrics import accuracy
 
     images, labels = test
-    result = {"simulated": accuracy(logits(model_path, images), labels), "qdq": qdq_counts(model_path)}
+    simulated = logits(model_path, images)
+    np.save(model_path.with_suffix(".top1.npy"), simulated.argmax(axis=1).astype(np.int16))
+    result = {"simulated": accuracy(simulated, labels), "qdq": qdq_counts(model_path)}
     result["kernels"] = accuracy(logits(model_path, images, kernels=True), labels) if kernels else None
     return result
+
+
+def paired(ours_top1, peer_top1, labels) -> dict:
+    """Images only one of two models gets right, and the exact two-sided sign test (McNemar's) of
+    their difference: the chance of a split at least this uneven if both were equally accurate."""
+    import numpy as np
+
+    ours_right, peer_right = ours_top1 == labels, peer_top1 == labels
+    ours_only, peer_only = int(np.sum(ours_right & ~peer_right)), int(np.sum(peer_right & ~ours_right))
+    n, k = ours_only + peer_only, min(ours_only, peer_only)
+    p_value = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"ours_only_right": ours_only, "peer_only_right": peer_only, "p_value": p_value}
 
 
 def classifier(model: Path) -> str | None:
@@ -241,6 +260,8 @@ def model_tag(model: Path) -> str:
 
 
 def study_model(model: Path, calib, test, args: argparse.Namespace, keep: Path, say) -> dict:
+    import numpy as np
+
     from calibration.metrics import accuracy
 
     fp32 = accuracy(logits(model, test[0]), test[1])
@@ -249,17 +270,29 @@ def study_model(model: Path, calib, test, args: argparse.Namespace, keep: Path, 
     variants = ours(model, calib, test, keep, args.methods.split(","), not args.tensorrt_only, say)
     if not args.tensorrt_only:
         variants.update(quantize_static_defaults(model, calib, test, keep, say))
-    row = {"model": str(model), "fp32": fp32, "variants": variants, "amax_vs_modelopt": {}}
+    row = {"model": str(model), "fp32": fp32, "variants": variants, "amax_vs_modelopt": {}, "paired_vs_modelopt": {}}
     if args.modelopt_python:
         variants.update(modelopt(model, calib, test, keep, args.modelopt_python, say))
         for ours_method, peer_method in (("minmax", "max"), ("entropy", "entropy")):
-            ours_model = variant_path(keep, f"ours {ours_method}, desktop-gpu")
-            peer_model = variant_path(keep, f"modelopt {peer_method}")
-            if ours_model.is_file() and peer_model.is_file() and "error" not in variants[f"modelopt {peer_method}"]:
-                comparison = compare_amax(ours_model, peer_model)
-                row["amax_vs_modelopt"][f"ours {ours_method} / modelopt {peer_method}"] = comparison
-                say(f"amax, ours {ours_method} / modelopt {peer_method}: {_describe_ratio(comparison)}")
+            peer_key = f"modelopt {peer_method}"
+            ours_key = f"ours {ours_method}, desktop-gpu"
+            if "error" in variants.get(ours_key, {"error": None}) or "error" in variants[peer_key]:
+                continue
+            comparison = compare_amax(variant_path(keep, ours_key), variant_path(keep, peer_key))
+            row["amax_vs_modelopt"][f"ours {ours_method} / modelopt {peer_method}"] = comparison
+            say(f"amax, ours {ours_method} / modelopt {peer_method}: {_describe_ratio(comparison)}")
+            for key in (ours_key, f"{ours_key}, classifier float"):
+                if key in variants and "error" not in variants[key]:
+                    flips = paired(*(np.load(variant_path(keep, k).with_suffix(".top1.npy")) for k in (key, peer_key)),
+                                   test[1])  # fmt: skip
+                    row["paired_vs_modelopt"][f"{key} vs {peer_key}"] = flips
+                    say(f"{key} vs {peer_key}: {_describe_flips(flips)}")
     return row
+
+
+def _describe_flips(flips: dict) -> str:
+    return (f"{flips['ours_only_right']} images only ours gets right, {flips['peer_only_right']} only modelopt, "
+            f"sign test p = {flips['p_value']:.2f}")  # fmt: skip
 
 
 def _describe_ratio(comparison: dict) -> str:
@@ -309,6 +342,12 @@ def render(study: dict) -> str:
     if comparisons:
         lines += ["", "| model | activation amax ratio | min / median / max |", "|---|---|---|"]
         lines += [f"| {model_tag(Path(row['model']))} | {key} | {_describe_ratio(c)} |" for row, key, c in comparisons]
+    flips = [(row, key, f) for row in study["models"] for key, f in row.get("paired_vs_modelopt", {}).items()]
+    if flips:
+        lines += ["", "| model | paired | images only ours right | only modelopt right | sign test p |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {model_tag(Path(row['model']))} | {key} | {f['ours_only_right']} | {f['peer_only_right']} | "
+                  f"{f['p_value']:.2f} |" for row, key, f in flips]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

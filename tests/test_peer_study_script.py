@@ -94,6 +94,13 @@ def test_peer_study_keeps_earlier_models_and_runs_a_modelopt_interpreter(tmp_pat
         assert variants["modelopt entropy"] == {"error": "modelopt failed: RuntimeError: fake failure"}
         assert set(variants) == {"ours minmax, desktop-gpu", "ours minmax, desktop-gpu, classifier float",
                                  "modelopt max", "modelopt entropy"}  # --tensorrt-only: no cpu, no quantize_static
+        assert set(row["paired_vs_modelopt"]) == {"ours minmax, desktop-gpu vs modelopt max",
+                                                  "ours minmax, desktop-gpu, classifier float vs modelopt max"}
+        flips = row["paired_vs_modelopt"]["ours minmax, desktop-gpu vs modelopt max"]
+        right = {k: np.load(tmp_path / "out" / "models" / study.model_tag(Path(row["model"])) / f"{k}.top1.npy")
+                 == load_image_set(tmp_path / "test.npz")[1][:40] for k in ("ours-minmax-desktop-gpu", "modelopt-max")}
+        assert flips["ours_only_right"] == np.sum(right["ours-minmax-desktop-gpu"] & ~right["modelopt-max"])
+        assert flips["peer_only_right"] == np.sum(right["modelopt-max"] & ~right["ours-minmax-desktop-gpu"])
     assert (tmp_path / "out" / "models" / "a-bn-seed0" / "modelopt-max.onnx").is_file()
     table = (tmp_path / "out" / "peer_study.md").read_text()
     assert "| a-bn-seed0 | modelopt entropy | | refused: modelopt failed" in table
@@ -133,3 +140,15 @@ def test_qdq_counts_tells_quantized_weights_from_activations(tmp_path):
     path = tmp_path / "model.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
     assert load_script().qdq_counts(path) == {"activation:Conv": 2, "weight:Conv": 2}
+
+
+def test_paired_counts_the_images_one_model_alone_gets_right_and_their_sign_test():
+    labels = np.zeros(20, np.int64)
+    ours, peer = np.zeros(20, np.int64), np.zeros(20, np.int64)
+    ours[:1] = 1  # ours alone wrong on image 0
+    peer[1:6] = 1  # peer alone wrong on images 1-5
+    ours[10:12] = peer[10:12] = 2  # both wrong: not a flip
+    flips = load_script().paired(ours, peer, labels)
+    # 6 discordant images split 5:1; P(split at least this uneven) = 2 (C(6,0) + C(6,1)) / 2^6
+    assert flips == {"ours_only_right": 5, "peer_only_right": 1, "p_value": pytest.approx(14 / 64)}
+    assert load_script().paired(ours, ours, labels)["p_value"] == 1.0
