@@ -27,6 +27,17 @@ FP16_MAX = 65504.0  # largest finite float16
 FP16_QDQ_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take FP16 scales
 
 
+class FP16Overflow(UserError):
+    """An FP16 product refused because FP16 cannot hold some of the model's tensors.
+
+    A UserError (one line, exit 2) for the CLI; the demo catches it to report which tensors
+    overflow (`overflows`: name -> largest |x|) and goes on without that product."""
+
+    def __init__(self, message: str, overflows: dict[str, float]):
+        super().__init__(message)
+        self.overflows = overflows
+
+
 def fp16_overflows(model: onnx.ModelProto, activation_max_abs: dict[str, float] | None = None) -> dict[str, float]:
     """Float constants (initializers, Constant nodes) and activations whose largest |x| exceeds FP16's range.
 
@@ -96,9 +107,10 @@ def _write_fp16(
     overflows = fp16_overflows(model, activation_max_abs)
     if overflows:
         listed = ", ".join(f"{name!r} (|x| up to {value:.4g})" for name, value in list(overflows.items())[:5])
-        raise UserError(
+        raise FP16Overflow(
             f"{path}: FP16 cannot hold {listed}: FP16's largest value is 65504; keep the model in FP32 "
-            "or rescale the layers that produce these tensors"
+            "or rescale the layers that produce these tensors",
+            overflows,
         )
     converted = convert_float_to_float16(
         model, keep_io_types=keep_io_fp32, op_block_list=list(DEFAULT_OP_BLOCK_LIST)

@@ -23,4 +23,5 @@ GPU_CHECK = ("mimicnorm-deploy/gpu-check", 1)  # scripts/gpu_check.sh: every CUD
 TORCH_VS_ONNXRUNTIME = ("mimicnorm-deploy/torch-vs-onnxruntime", 1)  # scripts/bench_torch_vs_ort.py's summary
 PEER_STUDY = ("mimicnorm-deploy/peer-study", 2)  # scripts/peer_study.py
 PRECISION_PLAN = ("mimicnorm-deploy/precision-plan", 3)  # 3: the gate's hold-out size, resolution and flips
+FP16_REFUSALS = ("mimicnorm-deploy/fp16-refusals", 1)  # demo: RUN/NORM/fp16_refusals.json, FP16 products refused
 TRT_CALIBRATION_CACHE = ("mimicnorm-deploy/trt-calibration-cache", 1)  # <cache>.json sidecar: the model it is for

@@ -523,10 +523,13 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from mimicnorm_deploy.pipeline import DemoConfig  # torch-free; its defaults are the demo's
+
     _add_data_options(p)
     _output(p, "--out", kind="directory", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--arch", default="resnet20")
-    p.add_argument("--epochs", type=positive_float, default=1.8)
+    p.add_argument("--arch", default=DemoConfig.arch,
+                   help=f"default {DemoConfig.arch} (depthwise: BN-folded per-tensor INT8 collapses); or resnet20, ...")
+    p.add_argument("--epochs", type=positive_float, default=DemoConfig.epochs)
     p.add_argument("--augment", action="store_true", help="random crop + flip (off: the demo's schedule is short)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")

@@ -35,6 +35,15 @@ SIMULATED_SUFFIX = ".simulated"
 TENSORRT_TARGET = "desktop-gpu"
 TENSORRT_VARIANT = variant_name("int8-per-channel", TENSORRT_TARGET)
 FP16_VARIANT = "fp16"  # pure FP16: no target shaped it
+# The gated mixed-precision plan for TensorRT from per-tensor MinMax INT8: the layers whose INT8
+# costs more than the gate allows move to FP16 (how a BN-folded depthwise network is rescued).
+PLAN_VARIANT = variant_name("int8-per-tensor-gated", TENSORRT_TARGET)
+# The gate: top-1 drop on held-out calibration images, as a fraction (one point needs 300 of them,
+# engines.precision_plan.holdout_needed).
+PLAN_MAX_TOP1_DROP = 0.01
+# The BN twin's per-tensor INT8 for this CPU after cross-layer equalization (calibration.equalize):
+# what a user with a BN network would try before retraining.
+EQUALIZED_VARIANT = variant_name("int8-per-tensor-equalized", DEFAULT_TARGET)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,10 @@ class RunLayout:
 
     def calibration_record(self, norm: str, variant: str) -> Path:
         return self.onnx(norm, variant).with_suffix(".json")
+
+    def fp16_refusals(self, norm: str) -> Path:
+        """Which FP16 products the demo could not write for this model, and why (FP16 overflow)."""
+        return self.model_dir(norm) / "fp16_refusals.json"
 
     def tensorrt_cache(self, norm: str, variant: str = TENSORRT_VARIANT) -> Path:
         """TensorRT 10's calibration cache from the same ranges as `variant`'s Q/DQ model."""

@@ -19,10 +19,21 @@ from typing import Any
 from engines.artifacts import atomic_write_text, now_utc, read_json, staged_files, write_json
 from engines.errors import UserError
 from engines.paths import StageIO
-from engines.schemas import BENCH, CALIBRATION, REPORT, TRAIN_REPORT
+from engines.schemas import BENCH, CALIBRATION, FP16_REFUSALS, REPORT, TRAIN_REPORT
+from engines.targets import DEFAULT_TARGET
 from mimicnorm_deploy.compare import Measurement, PairRow, describe_environment, load_measurements, within_run_pairs
 from mimicnorm_deploy.device_results import DEVICES_DIR, device_sections, render_device_table
-from mimicnorm_deploy.layout import NORM_LABELS, NORMS_COMPARED, SIMULATED_SUFFIX, TENSORRT_VARIANT, VARIANTS, RunLayout
+from mimicnorm_deploy.layout import (
+    EQUALIZED_VARIANT,
+    NORM_LABELS,
+    NORMS_COMPARED,
+    PLAN_VARIANT,
+    SIMULATED_SUFFIX,
+    TENSORRT_VARIANT,
+    VARIANTS,
+    RunLayout,
+    variant_name,
+)
 
 NOT_MEASURED = "not measured here"
 
@@ -46,6 +57,8 @@ def build_report(run_dir: str | os.PathLike) -> dict[str, Any]:
         "measured_on": sorted({m.device for m in measurements}),
         "devices": device_sections(run_dir),  # results unbundled from Jetsons (mimicnorm_deploy.device_results)
         "tensorrt_artifacts": [a for norm in models for a in _tensorrt_artifacts(layout, norm)],
+        "per_tensor_int8": _per_tensor_int8(layout, models),
+        "fp16_refusals": [dict(r, norm=norm) for norm in models for r in _fp16_refusals(layout, norm)],
     }
 
 
@@ -139,14 +152,66 @@ def _tensorrt_artifacts(layout: RunLayout, norm: str) -> list[dict[str, Any]]:
         return []
     record = read_json(record_path, *CALIBRATION)
     summary = _calibration_summary(record)
-    artifacts = [{"norm": norm, "file": str(layout.onnx(norm, TENSORRT_VARIANT)), "target": record["target"],
-                  "what": "INT8 Q/DQ ONNX (TensorRT 11, or 10 with explicit quantization)",
-                  "simulated_accuracy": summary["simulated_accuracy"], "logits_sqnr_db": summary["logits_sqnr_db"],
-                  "calibration": summary}]  # fmt: skip
+    around = "" if record["high_precision"] == "fp16" else f", {record['high_precision'].upper()} around INT8"
+    artifacts = [{"norm": norm, "variant": TENSORRT_VARIANT, "file": str(layout.onnx(norm, TENSORRT_VARIANT)),
+                  "target": record["target"], "what": f"INT8 Q/DQ ONNX (TensorRT 11, or 10 with explicit "
+                  f"quantization{around})", "simulated_accuracy": summary["simulated_accuracy"],
+                  "logits_sqnr_db": summary["logits_sqnr_db"], "calibration": summary}]  # fmt: skip
     extras = (("trt_cache", "TensorRT 10 calibration cache (implicit INT8)"), ("fp16", "FP16 ONNX"))
-    artifacts += [{"norm": norm, "file": record[key], "target": record["target"], "what": what,
+    artifacts += [{"norm": norm, "variant": key, "file": record[key], "target": record["target"], "what": what,
                    "simulated_accuracy": None, "logits_sqnr_db": None} for key, what in extras if record.get(key)]
-    return artifacts
+    return artifacts + _gated_plan_artifact(layout, norm)
+
+
+def _gated_plan_artifact(layout: RunLayout, norm: str) -> list[dict[str, Any]]:
+    """The demo's gated plan: per-tensor INT8 with the layers the gate required in high precision."""
+    record_path = layout.calibration_record(norm, PLAN_VARIANT)
+    if not record_path.is_file():
+        return []
+    record = read_json(record_path, *CALIBRATION)
+    summary = _calibration_summary(record)
+    plan = summary["plan"]
+    moved = [m["node"] for m in plan["moved"]]
+    gate = 100 * plan["gate"]["max_top1_drop"]
+    what = (f"per-tensor INT8, gated plan (top-1 drop <= {gate:g} point{'' if gate == 1 else 's'} on "
+            f"{record['holdout_images']} held-out calibration images): {len(moved)}/{len(plan['layers'])} layers to "
+            f"{plan['high_precision'].upper()}" + (f" ({', '.join(moved)})" if moved else ""))  # fmt: skip
+    return [{"norm": norm, "variant": PLAN_VARIANT, "file": str(layout.onnx(norm, PLAN_VARIANT)),
+             "target": record["target"], "what": what, "simulated_accuracy": summary["simulated_accuracy"],
+             "logits_sqnr_db": summary["logits_sqnr_db"], "calibration": summary}]  # fmt: skip
+
+
+def _per_tensor_int8(layout: RunLayout, models: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-tensor INT8 for this CPU against FP32, per twin (test split, this CPU's kernels and
+    simulated), then the BN twin after cross-layer equalization where the run made it: the
+    comparison that shows whether folding BN hurts per-tensor INT8 for this network."""
+    per_tensor, per_channel = (variant_name(recipe, DEFAULT_TARGET) for recipe in ("int8-per-tensor",
+                                                                                   "int8-per-channel"))
+    rows = []
+    for norm, model in models.items():
+        engines = model["engines"]
+        if "fp32" not in engines or per_tensor not in engines:
+            continue
+        tensor, channel = engines[per_tensor], engines.get(per_channel, {})
+        rows.append({"norm": norm, "what": "per-tensor", "fp32_accuracy": engines["fp32"]["accuracy"],
+                     "accuracy": tensor["accuracy"], "simulated_accuracy": tensor.get("simulated_accuracy"),
+                     "per_channel_accuracy": channel.get("accuracy"),
+                     "worst_weight_spread": (tensor.get("calibration") or {}).get("worst_weight_spread")})  # fmt: skip
+        equalized = layout.calibration_record(norm, EQUALIZED_VARIANT)
+        if equalized.is_file():
+            record = read_json(equalized, *CALIBRATION)
+            quality = record["quality"]
+            rows.append({"norm": norm, "what": "per-tensor after cross-layer equalization",
+                         "fp32_accuracy": quality["accuracy_fp32"], "accuracy": quality["kernel_accuracy"],
+                         "simulated_accuracy": quality["accuracy"], "per_channel_accuracy": None,
+                         "worst_weight_spread": record["worst_weight_spread"],
+                         "equalized_pairs": len(record["equalization"]["pairs"])})  # fmt: skip
+    return rows
+
+
+def _fp16_refusals(layout: RunLayout, norm: str) -> list[dict[str, Any]]:
+    path = layout.fp16_refusals(norm)
+    return read_json(path, *FP16_REFUSALS)["refused"] if path.is_file() else []
 
 
 def _training_comparison(models: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +289,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# mimicnorm-deploy report", "", f"Created {report['created']}. Devices with latency: "
              f"{', '.join(report['measured_on']) or 'none'}.", "", RATIO_NOTE]  # fmt: skip
     lines += _twins_markdown(report)
+    lines += _per_tensor_markdown(report)
     lines += _precisions_markdown(report)
     lines += _engines_markdown(report)
     lines += render_device_table(report, NORM_LABELS)
@@ -250,6 +316,49 @@ def _twins_markdown(report: dict[str, Any]) -> list[str]:
     if not report["comparisons"]["twins"]:
         lines.append("| n/a | both models' engines need latency measurements | | | | | | |")
     return lines
+
+
+PER_TENSOR_NOTE = (
+    "Per-tensor INT8 (one weight scale per layer) is what fixed-function INT8 hardware and the simplest "
+    "calibrations use. Folding BN into a convolution multiplies each output channel by its own factor, which can "
+    "spread a layer's per-channel weight ranges so far that one scale leaves most channels a few levels; MimicNorm "
+    "has no BN to fold. Test split; this CPU's INT8 kernels, and simulated (Q/DQ as float ops)."
+)
+
+
+def _per_tensor_markdown(report: dict[str, Any]) -> list[str]:
+    rows, refusals = report.get("per_tensor_int8", []), report.get("fp16_refusals", [])
+    plans = [a for a in report["tensorrt_artifacts"] if a.get("variant") == PLAN_VARIANT]
+    if not (rows or plans or refusals):
+        return []
+    lines = ["", "## Per-tensor INT8: what folding BN costs", "", PER_TENSOR_NOTE, "",
+             "| model | INT8 | FP32 acc % | INT8 acc % | drop (points) | simulated acc % | per-channel acc % | "
+             "worst weight-range spread |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        spread = row["worst_weight_spread"]
+        lines.append(_row([
+            _norm(row["norm"]), row["what"], _pct(row["fp32_accuracy"]), _pct(row["accuracy"]),
+            _num(points_lost(row["fp32_accuracy"], row["accuracy"]), "+.2f"), _pct(row["simulated_accuracy"]),
+            _pct(row["per_channel_accuracy"]), f"{spread['spread']:.1f}x ({spread['node']})" if spread else "n/a",
+        ]))  # fmt: skip
+    if plans:
+        lines += ["", "Gated plans for TensorRT (symmetric per-tensor INT8; the most sensitive layers leave INT8 until "
+                  "the held-out calibration images pass the gate), accuracy simulated on the test split:", "",
+                  "| model | plan | acc % | drop vs FP32 (points) |", "|---|---|---|---|"]  # fmt: skip
+        for plan in plans:
+            fp32 = report["models"].get(plan["norm"], {}).get("engines", {}).get("fp32", {}).get("accuracy")
+            lines.append(_row([_norm(plan["norm"]), plan["what"], _pct(plan["simulated_accuracy"]),
+                               _num(points_lost(fp32, plan["simulated_accuracy"]), "+.2f")]))  # fmt: skip
+    if refusals:
+        lines += ["", "FP16 products refused (FP16's largest value is 65504):", ""]
+        lines += [f"- {_norm(r['norm'])} `{r['product']}` ({r['what']}): {r['reason']}; {r['instead']}."
+                  for r in refusals]  # fmt: skip
+    return lines
+
+
+def points_lost(fp32: float | None, other: float | None) -> float | None:
+    """FP32 accuracy minus another's, in points (+0.0: no "-0.00")."""
+    return None if fp32 is None or other is None else 100 * (fp32 - other) + 0.0
 
 
 def _accuracy(report: dict[str, Any], side: dict[str, str]) -> float | None:

@@ -12,10 +12,10 @@ from typing import Any
 
 from mimicnorm_deploy import html_page as h
 from mimicnorm_deploy.compare import Measurement, describe_environment
-from mimicnorm_deploy.layout import NORM_LABELS, TENSORRT_VARIANT
-from mimicnorm_deploy.report import NOT_MEASURED, RATIO_NOTE
+from mimicnorm_deploy.layout import NORM_LABELS, PLAN_VARIANT, TENSORRT_VARIANT
+from mimicnorm_deploy.report import NOT_MEASURED, PER_TENSOR_NOTE, RATIO_NOTE, points_lost
 
-SECTION_IDS = ("twins", "precisions", "latency", "sweep", "memory", "accuracy", "sqnr", "plan", "engines",
+SECTION_IDS = ("twins", "pertensor", "precisions", "latency", "sweep", "memory", "accuracy", "sqnr", "plan", "engines",
                "tensorrt", "environment", "training")  # fmt: skip
 
 
@@ -35,6 +35,7 @@ def render_html(report: dict[str, Any], measurements: list[Measurement]) -> str:
     sections = [
         _pairs_section("twins", f"{NORM_LABELS['mimic']} vs {NORM_LABELS['bn']} at each precision", report,
                        report["comparisons"]["twins"]),
+        _per_tensor_section(report),
         _pairs_section("precisions", "Each precision against FP32", report, report["comparisons"]["precisions"]),
         _latency_section(measurements),
         _sweep_section(measurements),
@@ -48,6 +49,41 @@ def render_html(report: dict[str, Any], measurements: list[Measurement]) -> str:
         _training_section(report),
     ]  # fmt: skip
     return h.page("mimicnorm-deploy report", [h.note(f"Created {report['created']}."), *sections])
+
+
+def _per_tensor_section(report: dict[str, Any]) -> str:
+    rows, refusals = report.get("per_tensor_int8", []), report.get("fp16_refusals", [])
+    plans = [a for a in report["tensorrt_artifacts"] if a.get("variant") == PLAN_VARIANT]
+    title = "Per-tensor INT8: what folding BN costs"
+    if not (rows or plans or refusals):
+        return h.section("pertensor", title, h.note("no per-tensor INT8 engine in this run"))
+    parts = [h.note(PER_TENSOR_NOTE)]
+    parts.append(h.table(
+        ["model", "INT8", "FP32 acc %", "INT8 acc %", "drop (points)", "simulated acc %", "per-channel acc %",
+         "worst weight-range spread"],
+        [[_norm(r["norm"]), r["what"], _pct(r["fp32_accuracy"]), _pct(r["accuracy"]),
+          _num(points_lost(r["fp32_accuracy"], r["accuracy"]), "+.2f"), _pct(r["simulated_accuracy"]),
+          _pct(r["per_channel_accuracy"]),
+          f"{r['worst_weight_spread']['spread']:.1f}x ({r['worst_weight_spread']['node']})"
+          if r["worst_weight_spread"] else "n/a"] for r in rows]))  # fmt: skip
+    if plans:
+        parts.append(h.note("Gated plans for TensorRT: symmetric per-tensor INT8, the most sensitive layers moved out "
+                            "of INT8 until the held-out calibration images pass the gate; accuracy simulated on the "
+                            "test split."))  # fmt: skip
+        parts.append(h.table(["model", "plan", "acc %", "drop vs FP32 (points)"], [
+            [_norm(p["norm"]), p["what"], _pct(p["simulated_accuracy"]),
+             _num(points_lost(_fp32_accuracy(report, p["norm"]), p["simulated_accuracy"]), "+.2f")]
+            for p in plans]))  # fmt: skip
+    if refusals:
+        parts.append(h.note("FP16 products refused (FP16's largest value is 65504):"))
+        parts.append(h.table(["model", "product", "what", "why", "instead"],
+                             [[_norm(r["norm"]), r["product"], r["what"], r["reason"], r["instead"]]
+                              for r in refusals]))  # fmt: skip
+    return h.section("pertensor", title, *parts)
+
+
+def _fp32_accuracy(report: dict[str, Any], norm: str) -> float | None:
+    return report["models"].get(norm, {}).get("engines", {}).get("fp32", {}).get("accuracy")
 
 
 def _pair_label(pair: dict[str, Any]) -> str:
@@ -130,7 +166,8 @@ def _accuracy_section(report: dict[str, Any]) -> str:
                          _num(e["logits_sqnr_db_vs_fp32"], ".1f")])  # fmt: skip
     for artifact in report["tensorrt_artifacts"]:
         if artifact["simulated_accuracy"] is not None:
-            rows.append([_norm(artifact["norm"]), TENSORRT_VARIANT, artifact["target"], NOT_MEASURED,
+            rows.append([_norm(artifact["norm"]), artifact.get("variant", TENSORRT_VARIANT), artifact["target"],
+                         NOT_MEASURED,
                          _pct(artifact["simulated_accuracy"]), "", _num(artifact["logits_sqnr_db"], ".1f")])
     return h.section("accuracy", "Accuracy against precision", h.note(
         "Test-split accuracy with the kernels that run the engine here, and simulated (Q/DQ as float ops), which is "
@@ -142,8 +179,8 @@ def _accuracy_section(report: dict[str, Any]) -> str:
 def _calibrations(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = [(f"{_norm(norm)} {variant}", e["calibration"]) for norm, model in report["models"].items()
              for variant, e in model["engines"].items() if e.get("calibration")]  # fmt: skip
-    found += [(f"{_norm(a['norm'])} {TENSORRT_VARIANT}", a["calibration"]) for a in report["tensorrt_artifacts"]
-              if a.get("calibration")]  # fmt: skip
+    found += [(f"{_norm(a['norm'])} {a.get('variant', TENSORRT_VARIANT)}", a["calibration"])
+              for a in report["tensorrt_artifacts"] if a.get("calibration")]  # fmt: skip
     return found
 
 

@@ -83,6 +83,7 @@ def _write_model_files(layout: RunLayout, norm: str, variants: tuple[str, ...]) 
                     "result": {"top1_drop": 0.004, "logits_sqnr_db": 31.0, "passed": True}}  # fmt: skip
         record = {
             "target": "desktop-gpu" if tensorrt else "cpu", "calibration_images": 512,
+            "high_precision": "fp16" if tensorrt else "fp32",
             "encoding": {"activations": "int8-symmetric" if tensorrt else "uint8", "reduce_range": False},
             "quantize": {"config": {"per_channel": True}},
             "worst_weight_spread": {"spread": 3.5, "node": "conv3", "name": "conv3.weight"},

@@ -17,7 +17,7 @@ from calibration.qdq import qdq_zero_point_violations  # noqa: E402
 from engines.artifacts import save_image_set  # noqa: E402
 from engines.cpu import cpu_features  # noqa: E402
 from mimicnorm_deploy.cli import main  # noqa: E402
-from mimicnorm_deploy.layout import TENSORRT_VARIANT, VARIANTS, RunLayout  # noqa: E402
+from mimicnorm_deploy.layout import EQUALIZED_VARIANT, PLAN_VARIANT, TENSORRT_VARIANT, VARIANTS, RunLayout  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,6 +50,22 @@ def test_demo_runs_every_stage_for_both_models(demo_run):
         expected = "uint8" if cpu_features().is_x86 else "int8-symmetric"
         for variant in VARIANTS[1:]:
             assert model["engines"][variant]["calibration"]["activations"] == expected
+        # The default network is the depthwise one, and each twin gets a gated per-tensor plan for TensorRT,
+        # scored on the test split, in FP16 unless FP16 cannot hold the model (then FP32, and the report says why).
+        assert model["arch"] == "mobilenetv2_050"
+        plans = [a for a in report["tensorrt_artifacts"] if a["norm"] == norm and a["variant"] == PLAN_VARIANT]
+        assert len(plans) == 1 and plans[0]["target"] == "desktop-gpu" and 0 <= plans[0]["simulated_accuracy"] <= 1
+        plan = plans[0]["calibration"]["plan"]
+        refused = [r for r in report["fp16_refusals"] if r["norm"] == norm]
+        assert plan["gate"]["max_top1_drop"] == 0.01 and plan["high_precision"] == ("fp32" if refused else "fp16")
+        assert set(plan["layers"].values()) <= {"int8", plan["high_precision"]} and plan["result"]["passed"]
+        assert demo_run.onnx(norm, "fp16").exists() == (not refused)
+    # Per-tensor INT8 of both twins on the test split, and the BN twin's after cross-layer equalization.
+    rows = {(r["norm"], r["what"]) for r in report["per_tensor_int8"]}
+    assert rows == {("mimic", "per-tensor"), ("bn", "per-tensor"), ("bn", "per-tensor after cross-layer equalization")}
+    assert demo_run.onnx("bn", EQUALIZED_VARIANT).exists()
+    markdown = (demo_run.report_dir / "report.md").read_text()
+    assert "## Per-tensor INT8: what folding BN costs" in markdown and "gated plan" in markdown
     ratios = report["comparisons"]["mimic_vs_bn"]
     assert 0 < ratios["activation_memory_ratio"] < 1
     # Every ratio the report prints comes from the one interleaved bench of all six engines.

@@ -29,8 +29,9 @@ def report_dir(tmp_path_factory):
 def test_report_leads_with_the_twins_then_precisions_then_engines(report_dir):
     markdown = (report_dir / "report.md").read_text()
     headings = [line for line in markdown.splitlines() if line.startswith("## ")]
-    assert headings[:4] == ["## MimicNorm vs BN-folded at each precision", "## Each precision against FP32",
-                            "## Engines in detail (this machine)", "## Artifacts for TensorRT targets"]  # fmt: skip
+    assert headings[:5] == ["## MimicNorm vs BN-folded at each precision", "## Per-tensor INT8: what folding BN costs",
+                            "## Each precision against FP32", "## Engines in detail (this machine)",
+                            "## Artifacts for TensorRT targets"]  # fmt: skip
     report = json.loads((report_dir / "report.json").read_text())
     twins = report["comparisons"]["twins"]
     assert len(twins) == 6  # 3 variants x 2 batch sizes
