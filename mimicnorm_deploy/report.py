@@ -132,6 +132,7 @@ def _calibration_summary(calibration: dict[str, Any]) -> dict[str, Any]:
         "worst_weight_spread": calibration["worst_weight_spread"],
         "simulated_accuracy": quality.get("accuracy"),
         "logits_sqnr_db": quality.get("logits_sqnr_db"),
+        "measured_on": f"{quality['images']} images ({quality['image_set']})" if quality.get("images") else None,
         "layers": [{"node": layer["node"], "op_type": layer["op_type"], "precision": layer["precision"],
                     "output_sqnr_db": layer["output_sqnr_db"]} for layer in quality.get("layers", [])],  # fmt: skip
         "plan": _plan_summary(calibration.get("plan")),
@@ -415,12 +416,13 @@ def _tensorrt_markdown(report: dict[str, Any]) -> list[str]:
     lines = ["", "## Artifacts for TensorRT targets", "",
              f"Built and timed on the target device (`mimicnorm-deploy build` there); latency is {NOT_MEASURED} "
              "unless a bench JSON from that device is in the run.", "",
-             "| model | file | target | what | simulated acc % | logits SQNR dB | latency |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| model | file | target | what | simulated acc % | logits SQNR dB | measured on | latency |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for artifact in report["tensorrt_artifacts"]:
         lines.append(_row([
             _norm(artifact["norm"]), Path(artifact["file"]).name, artifact["target"], artifact["what"],
             _pct(artifact["simulated_accuracy"]), _num(artifact["logits_sqnr_db"], ".1f"),
+            (artifact.get("calibration") or {}).get("measured_on") or "",
             _latency_on_target(report, artifact),
         ]))  # fmt: skip
     return lines

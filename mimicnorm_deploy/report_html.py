@@ -166,8 +166,9 @@ def _accuracy_section(report: dict[str, Any]) -> str:
                          _num(e["logits_sqnr_db_vs_fp32"], ".1f")])  # fmt: skip
     for artifact in report["tensorrt_artifacts"]:
         if artifact["simulated_accuracy"] is not None:
-            rows.append([_norm(artifact["norm"]), artifact.get("variant", TENSORRT_VARIANT), artifact["target"],
-                         NOT_MEASURED,
+            measured_on = (artifact.get("calibration") or {}).get("measured_on") or ""
+            rows.append([_norm(artifact["norm"]), artifact.get("variant", TENSORRT_VARIANT),
+                         f"{artifact['target']}, simulated on {measured_on}", NOT_MEASURED,
                          _pct(artifact["simulated_accuracy"]), "", _num(artifact["logits_sqnr_db"], ".1f")])
     return h.section("accuracy", "Accuracy against precision", h.note(
         "Test-split accuracy with the kernels that run the engine here, and simulated (Q/DQ as float ops), which is "
@@ -236,12 +237,13 @@ def _engines_section(measurements: list[Measurement]) -> str:
 
 def _tensorrt_section(report: dict[str, Any]) -> str:
     rows = [[_norm(a["norm"]), a["file"], a["target"], a["what"], _pct(a["simulated_accuracy"]),
+             (a.get("calibration") or {}).get("measured_on") or "",
              NOT_MEASURED if a["target"] not in report["measured_on"] else "see the device's rows"]
             for a in report["tensorrt_artifacts"]]  # fmt: skip
     return h.section("tensorrt", "Artifacts for TensorRT targets", h.note(
         "Built and timed on the target (`mimicnorm-deploy build` there); bench JSONs from that device copied into "
         "the run appear in every section above."),
-        h.table(["model", "file", "target", "what", "simulated acc %", "latency"], rows))  # fmt: skip
+        h.table(["model", "file", "target", "what", "simulated acc %", "measured on", "latency"], rows))  # fmt: skip
 
 
 def _environment_section(measurements: list[Measurement]) -> str:

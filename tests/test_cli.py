@@ -50,16 +50,20 @@ def test_demo_runs_every_stage_for_both_models(demo_run):
         expected = "uint8" if cpu_features().is_x86 else "int8-symmetric"
         for variant in VARIANTS[1:]:
             assert model["engines"][variant]["calibration"]["activations"] == expected
-        # The default network is the depthwise one, and each twin gets a gated per-tensor plan for TensorRT,
-        # scored on the test split, in FP16 unless FP16 cannot hold the model (then FP32, and the report says why).
+        # The default network is the depthwise one; the FP16 model exists unless FP16 cannot hold the
+        # model (a finding the report lists, see tests/test_demo_fp16_refusal.py).
         assert model["arch"] == "mobilenetv2_050"
-        plans = [a for a in report["tensorrt_artifacts"] if a["norm"] == norm and a["variant"] == PLAN_VARIANT]
-        assert len(plans) == 1 and plans[0]["target"] == "desktop-gpu" and 0 <= plans[0]["simulated_accuracy"] <= 1
-        plan = plans[0]["calibration"]["plan"]
         refused = [r for r in report["fp16_refusals"] if r["norm"] == norm]
-        assert plan["gate"]["max_top1_drop"] == 0.01 and plan["high_precision"] == ("fp32" if refused else "fp16")
-        assert set(plan["layers"].values()) <= {"int8", plan["high_precision"]} and plan["result"]["passed"]
         assert demo_run.onnx(norm, "fp16").exists() == (not refused)
+    # The BN twin gets a gated per-tensor plan for TensorRT, scored on the test split, in FP16 unless
+    # FP16 cannot hold the model (then FP32).
+    plans = [a for a in report["tensorrt_artifacts"] if a["variant"] == PLAN_VARIANT]
+    assert [p["norm"] for p in plans] == ["bn"] and plans[0]["target"] == "desktop-gpu"
+    assert 0 <= plans[0]["simulated_accuracy"] <= 1 and "test.npz" in plans[0]["calibration"]["measured_on"]
+    plan = plans[0]["calibration"]["plan"]
+    refused = [r for r in report["fp16_refusals"] if r["norm"] == "bn"]
+    assert plan["gate"]["max_top1_drop"] == 0.01 and plan["high_precision"] == ("fp32" if refused else "fp16")
+    assert set(plan["layers"].values()) <= {"int8", plan["high_precision"]} and plan["result"]["passed"]
     # Per-tensor INT8 of both twins on the test split, and the BN twin's after cross-layer equalization.
     rows = {(r["norm"], r["what"]) for r in report["per_tensor_int8"]}
     assert rows == {("mimic", "per-tensor"), ("bn", "per-tensor"), ("bn", "per-tensor after cross-layer equalization")}

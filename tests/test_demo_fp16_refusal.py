@@ -42,7 +42,7 @@ def overflowing_run(tmp_path_factory):
     image_set(layout.calibration_set, model, CALIBRATION_IMAGES, seed=1)
     image_set(layout.test_set, model, 200, seed=2)
     messages = []
-    tensorrt_artifacts(layout, "mimic", layout.test_set, messages.append)
+    tensorrt_artifacts(layout, "mimic", messages.append)
     gated_plan(layout, "mimic", layout.test_set, messages.append, CALIBRATION_IMAGES)
     return layout, messages
 
