@@ -113,6 +113,10 @@ def kl_divergences(
     if len(bins) > 1:
         bins[0] = bins[1]
     total = bins.sum()
+    if total == 0:
+        # Every value fell in bin 0 (a dead tensor, or all values below one bin width): every
+        # threshold represents them alike, so all tie and the caller keeps the whole range.
+        return np.zeros(len(bins) - start_bin + 1)
     divergences = np.full(len(bins) - start_bin + 1, np.inf)
     for k, i in enumerate(range(start_bin, len(bins) + 1)):
         reference = bins[:i].copy()

@@ -1,3 +1,4 @@
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -205,3 +206,13 @@ def test_a_near_constant_tensor_keeps_its_constant():
     histogram = AbsHistogram(counts, 2.048)
     assert flatten_point_masses(counts)[1][1000]
     assert entropy_amax(histogram) >= 1.001
+
+
+def test_values_all_in_the_first_bin_keep_the_whole_range_without_a_warning():
+    # Bin 0 is replaced by bin 1 (the ReLU-zeros rule), so such a histogram has no mass left: every
+    # threshold ties and entropy keeps the max rather than dividing 0 by 0.
+    counts = np.zeros(2048, np.int64)
+    counts[0] = 500
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert entropy_amax(AbsHistogram(counts, 2.048)) == pytest.approx(2.048)
