@@ -2,12 +2,11 @@
 ONNX Runtime engine, times them in one interleaved session and reports ratios with intervals.
 The figures mean nothing here (toy durations); the plumbing must hold."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 pytest.importorskip("torch")
 
@@ -17,16 +16,6 @@ from mimicnorm_deploy.layout import RunLayout  # noqa: E402
 from mimicnorm_deploy.training.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
 from mimicnorm_deploy.training.export import export_onnx  # noqa: E402
 from mimicnorm_deploy.training.freeze import freeze_checkpoint  # noqa: E402
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_torch_vs_ort.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_torch_vs_ort", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_torch_vs_ort"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_run(root: Path) -> RunLayout:
@@ -42,21 +31,21 @@ def tiny_run(root: Path) -> RunLayout:
 
 
 def test_torch_variants_follow_the_cpu():
-    script = load_script()
+    script = load_script("bench_torch_vs_ort")
     assert script.torch_variants(["eager"], bf16=False) == [("torch-eager-fp32", "eager", "fp32")]
     assert [v for v, _, _ in script.torch_variants(["eager", "compile"], bf16=True)] == [
         "torch-eager-fp32", "torch-eager-bf16", "torch-compile-fp32", "torch-compile-bf16"]  # fmt: skip
 
 
 def test_a_run_without_the_demo_is_refused(tmp_path, capsys):
-    assert load_script().main([str(tmp_path), "--norms", "mimic"]) == 2
+    assert load_script("bench_torch_vs_ort").main([str(tmp_path), "--norms", "mimic"]) == 2
     assert "no frozen model" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_eager_engines_against_onnxruntime(tmp_path):
     layout = tiny_run(tmp_path / "run")
-    script = load_script()
+    script = load_script("bench_torch_vs_ort")
     argv = [str(layout.root), "--rounds", "2", "--seconds", "0.2", "--batch-sizes", "1,2", "--modes", "eager",
             "--norms", "mimic"]  # fmt: skip
     assert script.main(argv) == 0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 from engines.errors import UserError
 
@@ -16,15 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_script()
+gpu_check = load_script("gpu_check")
 
 
 def test_deadlines_split_the_budget_by_share_over_the_selected_parts():

@@ -1,26 +1,16 @@
 """scripts/int8_study.py's evaluate phase on tiny ONNX models (no training): it must keep running."""
 
-import importlib.util
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
+from script_loader import load_script
 from tiny_onnx import make_tiny_mobilenet, make_tiny_resnet, random_images
 
 from engines.artifacts import load_image_set, read_json, save_image_set, write_json
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "int8_study.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("int8_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_evaluate_phase_scores_every_variant_and_summarizes(tmp_path):
-    study = load_script()
+    study = load_script("int8_study")
     # the BN-folded twin gets a planted 50x channel spread, like BN folding makes
     for norm, scales in (("mimic", None), ("bn", np.array([50.0, 1.0, 1.0, 1.0]))):
         directory = study.model_dir(tmp_path, "tiny", norm, 0)
@@ -53,7 +43,7 @@ def test_evaluate_phase_scores_every_variant_and_summarizes(tmp_path):
 
 
 def test_results_from_before_the_cle_columns_get_them_added(tmp_path):
-    study = load_script()
+    study = load_script("int8_study")
     for norm, scales in (("mimic", None), ("bn", np.array([100.0, 0.05, 1, 3, 0.2, 1, 40, 1]))):
         directory = study.model_dir(tmp_path, "tiny", norm, 0)
         directory.mkdir(parents=True)

@@ -1,6 +1,5 @@
 """scripts/peer_study.py on tiny models (smoke test; the study itself is not run in CI)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,23 +7,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from script_loader import load_script
 from tiny_onnx import make_tiny_resnet, random_images
 
 from calibration.ranges import calibrate_ranges
 from engines.artifacts import load_image_set, save_image_set
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "peer_study.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("peer_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_peer_study_scores_every_variant_and_counts_qdq_readers(tmp_path, capsys):
-    study = load_script()
+    study = load_script("peer_study")
     model = make_tiny_resnet(tmp_path / "model.onnx")
     rng = np.random.default_rng(0)
     for name, n in (("calib", 64), ("test", 48)):
@@ -68,7 +59,7 @@ def test_peer_study_scores_every_variant_and_counts_qdq_readers(tmp_path, capsys
 def test_peer_study_keeps_earlier_models_and_runs_a_modelopt_interpreter(tmp_path):
     """A second run into the same --out adds its model; --test-images cuts the test set; the modelopt
     columns come from the interpreter given (here a fake that writes the FP32 model unchanged, then one that fails)."""
-    study = load_script()
+    study = load_script("peer_study")
     for norm in ("mimic", "bn"):
         (tmp_path / "a" / norm / "seed0").mkdir(parents=True)
     first = make_tiny_resnet(tmp_path / "a" / "mimic" / "seed0" / "model.onnx")
@@ -107,7 +98,7 @@ def test_peer_study_keeps_earlier_models_and_runs_a_modelopt_interpreter(tmp_pat
 
 
 def test_peer_study_refuses_an_unlabelled_test_set(tmp_path, capsys):
-    study = load_script()
+    study = load_script("peer_study")
     model = make_tiny_resnet(tmp_path / "model.onnx")
     pixels = (random_images(32) * 255).astype(np.uint8)
     save_image_set(tmp_path / "calib.npz", pixels, None, 1 / 255)
@@ -139,7 +130,7 @@ def test_qdq_counts_tells_quantized_weights_from_activations(tmp_path):
                               [scale, zero, w_float, w_int8])  # fmt: skip
     path = tmp_path / "model.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
-    assert load_script().qdq_counts(path) == {"activation:Conv": 2, "weight:Conv": 2}
+    assert load_script("peer_study").qdq_counts(path) == {"activation:Conv": 2, "weight:Conv": 2}
 
 
 def test_paired_counts_the_images_one_model_alone_gets_right_and_their_sign_test():
@@ -148,7 +139,7 @@ def test_paired_counts_the_images_one_model_alone_gets_right_and_their_sign_test
     ours[:1] = 1  # ours alone wrong on image 0
     peer[1:6] = 1  # peer alone wrong on images 1-5
     ours[10:12] = peer[10:12] = 2  # both wrong: not a flip
-    flips = load_script().paired(ours, peer, labels)
+    flips = load_script("peer_study").paired(ours, peer, labels)
     # 6 discordant images split 5:1; P(split at least this uneven) = 2 (C(6,0) + C(6,1)) / 2^6
     assert flips == {"ours_only_right": 5, "peer_only_right": 1, "p_value": pytest.approx(14 / 64)}
-    assert load_script().paired(ours, ours, labels)["p_value"] == 1.0
+    assert load_script("peer_study").paired(ours, ours, labels)["p_value"] == 1.0
