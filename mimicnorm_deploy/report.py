@@ -103,9 +103,9 @@ def _model_section(layout: RunLayout, norm: str) -> dict[str, Any]:
         simulated = layout.bench(norm, variant + SIMULATED_SUFFIX)
         if simulated.is_file():
             entry["simulated_accuracy"] = read_json(simulated, *BENCH)["accuracy"]["accuracy"]
-        if variant != "fp32" and layout.calibration_record(norm, variant).is_file():
-            entry["calibration"] = _calibration_summary(read_json(layout.calibration_record(norm, variant),
-                                                                  *CALIBRATION))  # fmt: skip
+        record = _calibration_record(layout, norm, variant) if variant != "fp32" else None
+        if record is not None:
+            entry["calibration"] = _calibration_summary(record)
         engines[variant] = entry
     return {
         "arch": train["config"]["arch"],
@@ -139,6 +139,12 @@ def _calibration_summary(calibration: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _calibration_record(layout: RunLayout, norm: str, variant: str) -> dict[str, Any] | None:
+    """The variant's calibration record, or None where the run made none."""
+    path = layout.calibration_record(norm, variant)
+    return read_json(path, *CALIBRATION) if path.is_file() else None
+
+
 def _plan_summary(plan: dict[str, Any] | None) -> dict[str, Any] | None:
     if plan is None:
         return None
@@ -148,10 +154,9 @@ def _plan_summary(plan: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _tensorrt_artifacts(layout: RunLayout, norm: str) -> list[dict[str, Any]]:
     """What the run made for TensorRT targets: accuracy where this machine can simulate it."""
-    record_path = layout.calibration_record(norm, TENSORRT_VARIANT)
-    if not record_path.is_file():
+    record = _calibration_record(layout, norm, TENSORRT_VARIANT)
+    if record is None:
         return []
-    record = read_json(record_path, *CALIBRATION)
     summary = _calibration_summary(record)
     around = "" if record["high_precision"] == "fp16" else f", {record['high_precision'].upper()} around INT8"
     artifacts = [{"norm": norm, "variant": TENSORRT_VARIANT, "file": str(layout.onnx(norm, TENSORRT_VARIANT)),
@@ -166,10 +171,9 @@ def _tensorrt_artifacts(layout: RunLayout, norm: str) -> list[dict[str, Any]]:
 
 def _gated_plan_artifact(layout: RunLayout, norm: str) -> list[dict[str, Any]]:
     """The demo's gated plan: per-tensor INT8 with the layers the gate required in high precision."""
-    record_path = layout.calibration_record(norm, PLAN_VARIANT)
-    if not record_path.is_file():
+    record = _calibration_record(layout, norm, PLAN_VARIANT)
+    if record is None:
         return []
-    record = read_json(record_path, *CALIBRATION)
     summary = _calibration_summary(record)
     plan = summary["plan"]
     moved = [m["node"] for m in plan["moved"]]
@@ -198,9 +202,8 @@ def _per_tensor_int8(layout: RunLayout, models: dict[str, Any]) -> list[dict[str
                      "accuracy": tensor["accuracy"], "simulated_accuracy": tensor.get("simulated_accuracy"),
                      "per_channel_accuracy": channel.get("accuracy"),
                      "worst_weight_spread": (tensor.get("calibration") or {}).get("worst_weight_spread")})  # fmt: skip
-        equalized = layout.calibration_record(norm, EQUALIZED_VARIANT)
-        if equalized.is_file():
-            record = read_json(equalized, *CALIBRATION)
+        record = _calibration_record(layout, norm, EQUALIZED_VARIANT)
+        if record is not None:
             quality = record["quality"]
             rows.append({"norm": norm, "what": "per-tensor after cross-layer equalization",
                          "fp32_accuracy": quality["accuracy_fp32"], "accuracy": quality["kernel_accuracy"],
