@@ -11,7 +11,9 @@ TensorRT uses. Symmetric INT8 then maps [-amax, amax] onto [-127, 127] (scale am
   outliers added to the last one, the candidate Q is those i bins merged into 128 levels and
   expanded back over the non-empty bins; amax is the edge of the candidate with the least
   KL(P || Q). Details as NVIDIA's pytorch-quantization (`_compute_amax_entropy`) implements it,
-  with one addition: point masses are flattened first (`flatten_point_masses`). An exact value
+  with two changes. Levels are split at fractions of a bin (`kl_divergences` says why); at
+  multiples of 128 bins this is the published grouping exactly. And point masses are flattened
+  first (`flatten_point_masses`). An exact value
   that repeats (a ReLU's zeros, a uniform background's response in every channel) fills one bin;
   INT8 reproduces it within half a step at any threshold, but Q spreads it over its level, so the
   KL penalty grows with the level's width and drives the search to the smallest threshold, far
@@ -105,7 +107,16 @@ def kl_divergences(
     counts: np.ndarray, num_quantized_bins: int = NUM_QUANTIZED_BINS, start_bin: int = START_BIN
 ) -> np.ndarray:
     """KL(P || Q) of EntropyCalibration2 for every candidate of i = start_bin .. len(counts) bins
-    (element k is the candidate of start_bin + k bins); inf where Q misses mass that P has."""
+    (element k is the candidate of start_bin + k bins); inf where Q misses mass that P has.
+
+    Q merges the i bins into levels of exactly i / num_quantized_bins bins each, a bin that straddles
+    two levels sharing its count between them in proportion. Where i is a multiple of the levels
+    this is the published grouping exactly; between multiples the published one (bin j joins level
+    floor(j * levels / i)) gives the first level a whole extra bin as soon as i passes a multiple.
+    A ReLU's histogram is steepest there, so that one bin raises the divergence by a fifth and the
+    curve becomes a sawtooth whose every minimum sits at a multiple of 128 bins: the search then
+    compares groupings, not thresholds (docs/BENCHMARKS.md section 8.2). The exact split makes the
+    divergence continuous in i."""
     bins = counts.astype(np.float64)
     # A ReLU output's exact zeros pile up in bin 0; every threshold represents them exactly, yet
     # left in they dominate P and drive the search to the smallest threshold. pytorch-quantization
@@ -117,21 +128,34 @@ def kl_divergences(
         # Every value fell in bin 0 (a dead tensor, or all values below one bin width): every
         # threshold represents them alike, so all tie and the caller keeps the whole range.
         return np.zeros(len(bins) - start_bin + 1)
+    cumulative_counts = np.concatenate([[0.0], np.cumsum(bins)])
+    cumulative_nonzero = np.concatenate([[0.0], np.cumsum(bins != 0)])
     divergences = np.full(len(bins) - start_bin + 1, np.inf)
     for k, i in enumerate(range(start_bin, len(bins) + 1)):
         reference = bins[:i].copy()
         reference[-1] += bins[i:].sum()  # clip: outliers count as the largest kept value
-        kept = bins[:i]
-        # Bin j joins level floor(j * levels / i): the np.digitize(j, linspace(0, i, levels + 1))
-        # grouping of TensorRT's description, exact in integers.
-        level = np.arange(i) * num_quantized_bins // i
-        nonzero = kept != 0
-        level_sums = np.bincount(level, weights=kept, minlength=num_quantized_bins)
-        level_nonzero = np.bincount(level, weights=nonzero, minlength=num_quantized_bins)
-        # Expand each level back evenly over the bins that had data, keeping empty bins empty.
-        candidate = np.where(nonzero, level_sums[level] / np.maximum(level_nonzero[level], 1), 0.0)
+        candidate = _merged_and_expanded(bins[:i], cumulative_counts, cumulative_nonzero, num_quantized_bins)
         divergences[k] = _kl(reference / total, candidate / max(candidate.sum(), 1e-300))
     return divergences
+
+
+def _merged_and_expanded(
+    kept: np.ndarray, cumulative_counts: np.ndarray, cumulative_nonzero: np.ndarray, levels: int
+) -> np.ndarray:
+    """Q of one candidate: `kept` merged into `levels` equal levels (boundaries at fractions of a
+    bin), each level's count spread evenly over its non-empty bins, empty bins kept empty."""
+    i = len(kept)
+    positions = np.arange(i + 1)
+    boundaries = np.arange(levels + 1) * i / levels  # in bins
+    level_counts = np.diff(np.interp(boundaries, positions, cumulative_counts[: i + 1]))
+    level_nonzero = np.diff(np.interp(boundaries, positions, cumulative_nonzero[: i + 1]))
+    density = level_counts / np.maximum(level_nonzero, 1e-12)  # per non-empty bin
+    # Bin j spans [j, j + 1): it lies in level `first`, and past that level's right boundary in the next.
+    j = np.arange(i)
+    first = (j * levels) // i
+    share_in_first = np.minimum(boundaries[first + 1] - j, 1.0)
+    second = np.minimum(first + 1, levels - 1)
+    return np.where(kept != 0, share_in_first * density[first] + (1 - share_in_first) * density[second], 0.0)
 
 
 def flatten_point_masses(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

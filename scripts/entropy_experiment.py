@@ -107,6 +107,8 @@ from calibration.thresholds import START_BIN, flatten_point_masses, kl_divergenc
 
 
 def plain_ec2(h):
+    # Without point masses flattened. Since section 8.2, kl_divergences splits levels at fractions of a
+    # bin, so between multiples of 128 bins this is no longer the published grouping.
     if h.max_abs == 0 or not h.counts.any():
         return 0.0
     d = kl_divergences(h.counts)
