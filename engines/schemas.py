@@ -6,7 +6,7 @@ away; a reader refuses other versions with a one-line error saying what to re-ru
 RUN_MANIFEST = ("mimicnorm-deploy/run-manifest", 1)  # manifest.json: every artifact of a directory
 ENGINE_MANIFEST = ("mimicnorm-deploy/engine-manifest", 2)  # 2: backend-neutral (target, backend_options, engine_file)
 TRAIN_REPORT = ("mimicnorm-deploy/train-report", 1)
-CALIBRATION = ("mimicnorm-deploy/calibration", 2)  # 2: encoding, plan, quality, hold-out
+CALIBRATION = ("mimicnorm-deploy/calibration", 3)  # 2: encoding, plan, quality, hold-out; 3: quality.layer_images
 BENCH = ("mimicnorm-deploy/bench", 2)  # 2: raw samples, device timing lists, environment fingerprint
 REPORT = ("mimicnorm-deploy/report", 2)  # 2: ratios with bootstrap intervals, devices, TensorRT artifacts
 COMPARISON = ("mimicnorm-deploy/comparison", 1)  # compare --json: pairs with ratio intervals

@@ -52,6 +52,29 @@ def test_labels_and_kernels_add_accuracy_figures(models):
     assert "| conv2 | Conv | int8 |" in render_quality_markdown(quality, "t")
 
 
+def test_layer_sqnr_uses_the_first_images_and_the_logits_all_of_them(models, monkeypatch):
+    import calibration.quality
+
+    fp32, _, full = models
+    images = random_images(300, seed=5)
+    labels = np.random.default_rng(1).integers(0, 3, 300)
+    first = measure_quality(fp32, full, images[:70], labels[:70], image_set="random", kernels="onnxruntime")
+    every = measure_quality(fp32, full, images, labels, image_set="random", kernels="onnxruntime")  # 300 < 1024
+    assert every.layer_images == 300
+    monkeypatch.setattr(calibration.quality, "LAYER_SQNR_IMAGES", 70)
+    seen = []
+    quality = measure_quality(fp32, full, images, labels, image_set="random", kernels="onnxruntime",
+                              progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert quality.images == 300 and quality.layer_images == 70
+    # per layer: exactly the first 70 images' figures; at the logits: all 300 images'
+    assert [layer.output_sqnr_db for layer in quality.layers] == [layer.output_sqnr_db for layer in first.layers]
+    assert [layer.output_sqnr_db for layer in quality.layers] != [layer.output_sqnr_db for layer in every.layers]
+    assert quality.accuracy == every.accuracy and quality.kernel_accuracy == every.kernel_accuracy
+    assert quality.logits_sqnr_db == every.logits_sqnr_db != first.logits_sqnr_db
+    assert seen[-1] == (300, 300) and [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert "per-layer output SQNR on the first 70 of them" in render_quality_markdown(quality, "t")
+
+
 def test_sensitivity_is_ranked_most_sensitive_first(models):
     fp32, _, full = models
     quality = measure_quality(fp32, full, random_images(16), None, image_set="random",
