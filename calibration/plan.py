@@ -6,7 +6,8 @@ The layers are `qdq.quantizable_layers`: every Conv/Gemm/MatMul with a weight, a
    optimizations off, i.e. Q/DQ simulated in float, the same numbers on every CPU.
 2. The planner starts from all layers in INT8 and moves the most sensitive layer to the high
    precision type, one at a time, until the held-out images pass the gate (top-1 drop and/or
-   logits SQNR against the FP32 model); each move is recorded with its reason.
+   logits SQNR against the FP32 model); each move is recorded with its reason. Where all INT8
+   already passes, nothing moves and step 1 is skipped (the plan records no sensitivity).
    A top-1 gate is only as fine as its hold-out: one image is 1/N of top-1, and with no image lost
    the 95 % upper bound of the true loss is still 3/N (the "rule of three", Hanley & Lippman-Hand
    1983). So a gate of t needs at least 3/t held-out images (600 for half a point); a smaller
@@ -114,8 +115,17 @@ def plan_precision(
     options = qdq_options(per_channel, reduce_range, activations, placement)
     measure = _gate_meter(model_path, ranges, holdout_images, holdout_labels, gate, options, high_precision)
     _check_a_plan_can_pass(measure, model, high_precision)
-    sensitivity = layer_sensitivity(model_path, ranges, holdout_images, **options, progress=progress)
-    layers, moved, result = _move_until_passing(sensitivity, measure, high_precision, progress)
+    layers = {node.name: "int8" for node in quantizable_layers(model)}
+    result = measure(layers)
+    if result.passed:
+        # Nothing to move: ranking the layers would cost one pass per layer and change nothing.
+        sensitivity: list[LayerSensitivity] = []
+        moved: list[Move] = []
+        if progress is not None:
+            progress(f"plan: every layer in INT8 passes the gate ({_describe(result)}); no sensitivity needed")
+    else:
+        sensitivity = layer_sensitivity(model_path, ranges, holdout_images, **options, progress=progress)
+        layers, moved, result = _move_until_passing(sensitivity, measure, high_precision, result, progress)
     return PrecisionPlan(
         model_sha256=ranges.model_sha256,
         calibration_sha256=ranges.calibration_sha256,
@@ -134,7 +144,6 @@ def plan_precision(
         moved=moved,
         result=result,
     )
-
 
 
 def _holdout_batch(
@@ -180,13 +189,18 @@ def _check_a_plan_can_pass(measure: GateMeter, model: onnx.ModelProto, high_prec
 
 
 def _move_until_passing(
-    sensitivity: list[LayerSensitivity], measure: GateMeter, high_precision: str, progress: PlanProgress | None
+    sensitivity: list[LayerSensitivity],
+    measure: GateMeter,
+    high_precision: str,
+    all_int8: GateResult,
+    progress: PlanProgress | None,
 ) -> tuple[dict[str, str], list[Move], GateResult]:
-    """All layers in INT8, then the most sensitive moved to `high_precision` one by one until the
-    gate passes: the layers' precisions, the moves with their reasons, the last gate result."""
+    """From all layers in INT8 (whose gate result is `all_int8`), the most sensitive moved to
+    `high_precision` one by one until the gate passes: the layers' precisions, the moves with their
+    reasons, the last gate result."""
     layers = {s.node: "int8" for s in sensitivity}
     moved: list[Move] = []
-    result = measure(layers)
+    result = all_int8
     for layer in sorted(sensitivity, key=lambda s: s.logits_sqnr_db):
         if result.passed:
             break

@@ -101,6 +101,7 @@ def test_planner_moves_only_the_planted_layer(planted, tmp_path, high_precision)
     assert plan.result.passed and plan.result.logits_sqnr_db >= 30
     assert (plan.model_sha256, plan.calibration_sha256) == (ranges.model_sha256, ranges.calibration_sha256)
     assert any(m.startswith("plan: conv1 ->") for m in messages)
+    assert [s.node for s in plan.sensitivity] == ["conv1", "conv2", "fc"]  # ranked because all INT8 failed
 
     # the written model is what the gate measured
     result = write_mixed_model(path, plan, ranges, tmp_path / "mixed.onnx")
@@ -166,8 +167,12 @@ def test_a_gate_the_holdout_cannot_resolve_is_refused_before_any_work(planted):
 def test_gate_that_all_int8_passes_moves_nothing(tmp_path):
     path = make_tiny_resnet(tmp_path / "model.onnx")
     ranges = calibrate_ranges(path, random_images(64))
-    plan = plan_precision(path, ranges, random_images(32, seed=5), Gate(max_top1_drop=0.2))
+    messages = []
+    plan = plan_precision(path, ranges, random_images(32, seed=5), Gate(max_top1_drop=0.2), progress=messages.append)
     assert plan.moved == [] and set(plan.layers.values()) == {"int8"}
+    # no layer's sensitivity was measured: nothing had to be ranked
+    assert plan.sensitivity == [] and not any(m.startswith("sensitivity:") for m in messages)
+    assert plan.result.passed and any("every layer in INT8 passes the gate" in m for m in messages)
     assert list(plan.layers) == [node.name for node in quantizable_layers(onnx.load(path))]
     assert list(plan.layers) == ["conv1", "conv2", "residual_add", "fc"]  # the residual Add is a layer too
 
