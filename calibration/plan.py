@@ -3,7 +3,9 @@
 The layers are `qdq.quantizable_layers`: every Conv/Gemm/MatMul with a weight, and every residual Add.
 1. Sensitivity: for every such layer, the logits SQNR of the model with only that layer in INT8
    (its input activations, and weights, through Q/DQ), run by ONNX Runtime with graph
-   optimizations off, i.e. Q/DQ simulated in float, the same numbers on every CPU.
+   optimizations off, i.e. Q/DQ simulated in float, the same numbers on every CPU. Measured on
+   the first SENSITIVITY_IMAGES held-out images: it only ranks the layers (the gate is measured
+   on all of them), and a pass per layer over every held-out image was most of a plan's cost.
 2. The planner starts from all layers in INT8 and moves the most sensitive layer to the high
    precision type, one at a time, until the held-out images pass the gate (top-1 drop and/or
    logits SQNR against the FP32 model); each move is recorded with its reason. Where all INT8
@@ -50,6 +52,8 @@ from engines.precision_plan import (
     gate_resolution,
     qdq_options,
 )
+
+SENSITIVITY_IMAGES = 128  # the first held-out images, where each layer's sensitivity is measured
 
 # message(text): one line per step of the planner (sensitivity of each layer, each move).
 PlanProgress = Callable[[str], None]
@@ -124,7 +128,8 @@ def plan_precision(
         if progress is not None:
             progress(f"plan: every layer in INT8 passes the gate ({_describe(result)}); no sensitivity needed")
     else:
-        sensitivity = layer_sensitivity(model_path, ranges, holdout_images, **options, progress=progress)
+        ranked_on = holdout_images[:SENSITIVITY_IMAGES]
+        sensitivity = layer_sensitivity(model_path, ranges, ranked_on, **options, progress=progress)
         layers, moved, result = _move_until_passing(sensitivity, measure, high_precision, result, progress)
     return PrecisionPlan(
         model_sha256=ranges.model_sha256,

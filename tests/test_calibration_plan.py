@@ -124,6 +124,21 @@ def test_planner_moves_only_the_planted_layer(planted, tmp_path, high_precision)
         assert tensorrt_placement_violations(model) == []
 
 
+def test_sensitivity_ranks_on_the_first_held_out_images_and_the_gate_uses_all(planted, monkeypatch, tmp_path):
+    import calibration.plan
+
+    path, ranges, holdout = planted  # 96 images
+    monkeypatch.setattr(calibration.plan, "SENSITIVITY_IMAGES", 40)
+    plan = plan_precision(path, ranges, holdout, Gate(min_logits_sqnr_db=30))
+    assert plan.sensitivity == layer_sensitivity(path, ranges, holdout[:40])
+    assert plan.sensitivity != layer_sensitivity(path, ranges, holdout)
+    assert plan.holdout_images == 96
+    write_mixed_model(path, plan, ranges, tmp_path / "mixed.onnx")
+    assert sqnr_db(run(path, holdout), run(tmp_path / "mixed.onnx", holdout)) == pytest.approx(
+        plan.result.logits_sqnr_db
+    )
+
+
 def test_plan_json_round_trip(planted, tmp_path):
     path, ranges, holdout = planted
     plan = plan_precision(path, ranges, holdout, Gate(max_top1_drop=0.05, min_logits_sqnr_db=30))
