@@ -532,6 +532,9 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_float, default=DemoConfig.epochs)
     p.add_argument("--augment", action="store_true", help="random crop + flip (off: the demo's schedule is short)")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--extended", action="store_true",
+                   help="also the BN twin's per-tensor INT8 after cross-layer equalization and every INT8 engine "
+                        "scored with Q/DQ simulated (about 1.5 min more on 2 cores)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a few steps per stage, for tests")
 
 
@@ -542,7 +545,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     StageIO("demo").output_dir(args.out, "run directory")  # each stage checks its own files as it goes
     config = DemoConfig(out=args.out, dataset=args.dataset or DEFAULT_DATASET, data_dir=args.data_dir,
                         image_size=args.image_size or DEFAULT_IMAGE_SIZE, arch=args.arch,
-                        epochs=args.epochs, augment=args.augment, seed=args.seed, quick=args.quick)  # fmt: skip
+                        epochs=args.epochs, augment=args.augment, seed=args.seed, extended=args.extended,
+                        quick=args.quick)  # fmt: skip
     paths = run_demo(config, _progress)
     print(Path(paths["markdown"]).read_text())
     for kind, path in paths.items():
