@@ -85,11 +85,13 @@ def measure_quality(
     model = load_onnx(fp32_model)
     layers = quantizable_layers(model)
     spreads = {s.node: s.spread for s in weight_range_spread(model)}
-    logits, signal, noise = _compare_runs(model, load_onnx(calibrated_model), layers, images, kernels, progress)
+    layer_images = min(len(images), LAYER_SQNR_IMAGES)
+    runs = _compare_runs(model, load_onnx(calibrated_model), layers, images, layer_images, kernels, progress)
+    logits, signal, noise = runs
     fp32, sim = logits["fp32"], logits["simulated"]
     quality = ModelQuality(
         images=len(images),
-        layer_images=min(len(images), LAYER_SQNR_IMAGES),
+        layer_images=layer_images,
         image_set=image_set,
         logits_sqnr_db=sqnr_db(fp32, sim),
         top1_agreement=top1_agreement(fp32, sim),
@@ -120,14 +122,14 @@ def _compare_runs(
     calibrated: onnx.ModelProto,
     layers: list[onnx.NodeProto],
     images: np.ndarray,
+    probed: int,
     kernels: str | None,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """FP32 and the calibrated model (simulated, and with its INT8 kernels when `kernels`) run
     batch by batch on `images`: their logits ("fp32", "simulated", "kernels"), and per layer, over
-    the first LAYER_SQNR_IMAGES images, the sums of the FP32 output's squares (signal) and of its
-    squared difference from the simulated one (noise)."""
-    probed = min(len(images), LAYER_SQNR_IMAGES)
+    the first `probed` images, the sums of the FP32 output's squares (signal) and of its squared
+    difference from the simulated one (noise)."""
     signal = np.zeros(len(layers))
     noise = np.zeros(len(layers))
     logits: dict[str, list[np.ndarray]] = {"fp32": [], "simulated": [], "kernels": []}
