@@ -315,8 +315,8 @@ def _build_and_score(
             reference_logits = logits
         elif simulate:
             simulated = variant + SIMULATED_SUFFIX
-            simulate = backend_options("onnxruntime", precision=precision, graph_optimization="disabled")
-            build_stage(layout.onnx(norm, variant), layout.engine(norm, simulated), options=simulate)
+            simulated_options = backend_options("onnxruntime", precision=precision, graph_optimization="disabled")
+            build_stage(layout.onnx(norm, variant), layout.engine(norm, simulated), options=simulated_options)
             simulated_score, _ = accuracy_stage(layout.engine(norm, simulated), held_out, reference_logits)
             bench_stage([layout.engine(norm, simulated)], [layout.bench(norm, simulated)],
                         accuracy=[simulated_score], eval_set=held_out)  # fmt: skip

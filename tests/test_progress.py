@@ -41,3 +41,18 @@ def test_ci_logs_get_plain_lines():
     for message in ("calibration batch 1/2", "calibration batch 2/2", "done"):
         progress(message)
     assert stream.getvalue() == "calibration batch 1/2\ncalibration batch 2/2\ndone\n"
+
+
+def test_ci_logs_get_a_count_at_most_once_per_interval_but_always_its_first_and_last_line():
+    stream, now = io.StringIO(), [0.0]
+    progress = ProgressPrinter(stream, is_tty=False, log_interval_s=10.0, clock=lambda: now[0])
+    for done in range(1, 41):  # 40 batches, 1 s apart
+        now[0] = float(done)
+        progress(f"[bn] fp32 accuracy: {256 * done}/10240 images")
+        if done == 5:
+            progress("[mimic] fp32 accuracy: 256/10240 images")  # another task: not held back
+    lines = stream.getvalue().splitlines()
+    assert [line.split(": ")[0] for line in lines].count("[mimic] fp32 accuracy") == 1
+    bn_counts = [int(line.split(": ")[1].split("/")[0]) // 256 for line in lines if line.startswith("[bn]")]
+    # The first, then one per 10 s of the clock (the other task's line restarts the interval), the last.
+    assert bn_counts == [1, 6, 16, 26, 36, 40]
