@@ -17,6 +17,7 @@ CHECKPOINT = ("mimicnorm-deploy/checkpoint", 1)  # the JSON metadata in a checkp
 TRAIN_STATE = ("mimicnorm-deploy/train-state", 1)  # train_state.pt (torch, weights_only): only its "version" is stored
 INT8_STUDY_MODEL = ("mimicnorm-deploy/int8-study-model", 1)  # scripts/int8_study.py: one model's results
 INT8_STUDY = ("mimicnorm-deploy/int8-study", 1)  # scripts/int8_study.py: the study's table
+PARITY_STUDY = ("mimicnorm-deploy/parity-study", 1)  # scripts/parity_study.py: accuracy per norm, length, seed
 TENSORRT_DLA_LAYERS = ("mimicnorm-deploy/tensorrt-dla-layers", 1)  # engine_dir/dla_layers.json: where each layer runs
 BUNDLE = ("mimicnorm-deploy/bundle", 1)  # bundle.json: a bundle's or a device results archive's files and engines
 GPU_CHECK = ("mimicnorm-deploy/gpu-check", 1)  # scripts/gpu_check.sh: every CUDA path with its figures

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""The parity study: FP32 test accuracy against schedule length, MimicNorm vs BN vs BN-revisited.
+
+    python scripts/parity_study.py [--out runs/parity] [--archs resnet20,mobilenetv2_050]
+        [--norms mimic,bn,bn-revisited] [--epochs 1.8,5,10,20] [--seeds 0,1] [--augment]
+        [--dataset fashion-mnist] [--data-dir DIR] [--summary-only]
+
+Every point is its own run: a cosine schedule's accuracy after 5 of 20 epochs says nothing about a
+5-epoch schedule. The recipe is the study's (scripts/int8_study.py, docs/BENCHMARKS.md section 4):
+Fashion-MNIST padded to 32x32, batch 128, SGD lr 0.1 momentum 0.9, weight decay 5e-4 on every
+parameter, 0.3-epoch linear warm-up then cosine, no augmentation unless --augment; only the
+length, the norm and the seed change. The runs go shortest first, and within a length one seed of
+every arch and norm before the next seed, so a partial study still gives whole points.
+
+Resumable: a run whose `train_report.json` exists is done and only read; a run with a
+`train_state.pt` continues exactly where its last finished epoch left it (`train --resume`). A
+run directory whose recorded recipe differs from the one asked is refused, not mixed in. So a
+study can be stopped at any time (Ctrl-C loses at most the epoch in progress) and started again
+with the same command. `--summary-only` trains nothing and tabulates what is there.
+
+Results: `<out>/parity.json` (every finished run: final test accuracy, the best epoch's, per-epoch
+accuracies) and `<out>/parity.md` (per point: mean over seeds, each seed, and each norm minus BN),
+rewritten after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engines.artifacts import atomic_write_text, read_json, write_json  # noqa: E402
+from engines.errors import UserError  # noqa: E402
+from engines.schemas import PARITY_STUDY, TRAIN_REPORT  # noqa: E402
+
+# The fields of a run's recorded config that define the recipe; a run only joins a point if all match.
+RECIPE_FIELDS = ("arch", "norm", "epochs", "seed", "batch_size", "lr", "momentum", "weight_decay",
+                 "warmup_epochs", "schedule", "augment", "max_steps_per_epoch")  # fmt: skip
+REFERENCE_NORM = "bn"
+
+
+def run_dir(out: Path, arch: str, norm: str, epochs: float, seed: int) -> Path:
+    return out / arch / norm / f"epochs{epochs:g}" / f"seed{seed}"
+
+
+def train_config(args: argparse.Namespace, arch: str, norm: str, epochs: float, seed: int):
+    from mimicnorm_deploy.training.train import TrainConfig
+
+    return TrainConfig(arch=arch, norm=norm, epochs=epochs, seed=seed, augment=args.augment,
+                       max_steps_per_epoch=args.max_steps_per_epoch)  # fmt: skip
+
+
+def train_report(directory: Path) -> dict | None:
+    """A finished run's train_report.json, or None while the run is unfinished."""
+    from mimicnorm_deploy.training.train import TRAIN_REPORT_FILE
+
+    report = directory / TRAIN_REPORT_FILE
+    return read_json(report, *TRAIN_REPORT) if report.is_file() else None
+
+
+def check_recipe(directory: Path, config) -> None:
+    """Refuse a finished run trained with another recipe (an unfinished one is checked by resume)."""
+    report = train_report(directory)
+    if report is None:
+        return
+    asked = asdict(config)
+    recorded = report["config"]
+    differing = [f"{f} {recorded.get(f)!r} (asked {asked[f]!r})" for f in RECIPE_FIELDS if recorded.get(f) != asked[f]]
+    if differing:
+        raise UserError(f"{directory} was trained with another recipe: {', '.join(differing)}; "
+                        f"pass another --out or remove that run")  # fmt: skip
+
+
+def check_names(archs: list[str], norms: list[str]) -> None:
+    """Fail on a misspelt arch or norm now, not hours into the study."""
+    from mimicnorm_deploy.training.layers import NORMS
+    from mimicnorm_deploy.training.models.registry import list_models
+
+    unknown = [a for a in archs if a not in list_models()] + [n for n in norms if n not in NORMS]
+    if unknown:
+        raise UserError(f"unknown arch or norm: {', '.join(unknown)}; see 'mimicnorm-deploy models' "
+                        f"and the norms {', '.join(NORMS)}")  # fmt: skip
+
+
+def train_missing(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> None:
+    from mimicnorm_deploy.stages import train_stage
+    from mimicnorm_deploy.training.data import load_dataset
+    from mimicnorm_deploy.training.train import TRAIN_REPORT_FILE, TRAIN_STATE_FILE
+
+    check_names(args.archs, args.norms)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    for number, (arch, norm, epochs, seed) in enumerate(points, 1):
+        directory = run_dir(out, arch, norm, epochs, seed)
+        config = train_config(args, arch, norm, epochs, seed)
+        check_recipe(directory, config)
+        tag = f"[{number}/{len(points)} {arch} {norm} {epochs:g} epochs seed {seed}]"
+        if (directory / TRAIN_REPORT_FILE).is_file():
+            print(f"{tag} done before, read", flush=True)
+            continue
+        resume = (directory / TRAIN_STATE_FILE).is_file()
+        print(f"{tag} {'resumed' if resume else 'started'}", flush=True)
+        started = time.perf_counter()
+        train_stage(config, dataset, directory, lambda m, tag=tag: print(f"{tag} {m}", flush=True), resume=resume)
+        print(f"{tag} finished in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        write_results(out, points)
+
+
+def run_result(directory: Path) -> dict | None:
+    """A finished run's accuracies, or None while it is unfinished."""
+    report = train_report(directory)
+    if report is None:
+        return None
+    return {"final_accuracy": report["final_test_accuracy"], "best_accuracy": report["best_test_accuracy"],
+            "epoch_accuracies": [epoch["test_accuracy"] for epoch in report["epochs"]]}  # fmt: skip
+
+
+def collect(out: Path, points: list[tuple[str, str, float, int]]) -> list[dict]:
+    rows = []
+    for arch, norm, epochs, seed in points:
+        result = run_result(run_dir(out, arch, norm, epochs, seed))
+        if result is not None:
+            rows.append({"arch": arch, "norm": norm, "epochs": epochs, "seed": seed, **result})
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """Per arch and length: each norm's mean final accuracy over seeds (each seed's in brackets)
+    and its difference to BN's mean, for the points that have at least one finished run."""
+    by_point: dict[tuple[str, float], dict[str, dict[int, float]]] = {}
+    for row in rows:
+        seeds = by_point.setdefault((row["arch"], row["epochs"]), {}).setdefault(row["norm"], {})
+        seeds[row["seed"]] = 100 * row["final_accuracy"]
+    norms = sorted({row["norm"] for row in rows}, key=lambda n: (n != "mimic", n))
+    header = ["arch", "epochs", *[f"{n} %" for n in norms], *[f"{n} - {REFERENCE_NORM}" for n in norms
+                                                                 if n != REFERENCE_NORM]]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (arch, epochs), per_norm in sorted(by_point.items()):
+        means = {n: statistics.mean(s.values()) for n, s in per_norm.items()}
+        cells = [arch, f"{epochs:g}"]
+        for norm in norms:
+            seeds = per_norm.get(norm, {})
+            cells.append(f"{means[norm]:.2f} ({', '.join(f'{v:.2f}' for _, v in sorted(seeds.items()))})"
+                         if seeds else "")  # fmt: skip
+        for norm in norms:
+            if norm == REFERENCE_NORM:
+                continue
+            both = norm in means and REFERENCE_NORM in means
+            cells.append(f"{means[norm] - means[REFERENCE_NORM]:+.2f}" if both else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ("Final test accuracy on the 10,000 test images, mean over seeds (each seed in brackets, "
+            "seed 0 first); the differences are of the means.")  # fmt: skip
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def write_results(out: Path, points: list[tuple[str, str, float, int]]) -> str:
+    rows = collect(out, points)
+    table = summarize(rows)
+    write_json(out / "parity.json", *PARITY_STUDY, {"rows": rows})
+    atomic_write_text(out / "parity.md", table)
+    return table
+
+
+def study_points(args: argparse.Namespace) -> list[tuple[str, str, float, int]]:
+    """Shortest schedule first; within it, seed by seed, every arch and norm."""
+    return [(arch, norm, epochs, seed) for epochs in sorted(args.epochs) for seed in args.seeds
+            for arch in args.archs for norm in args.norms]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/parity")
+    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100 or synthetic "
+                        "(a tiny set for checks); pass another --out per data set")  # fmt: skip
+    parser.add_argument("--data-dir", help="the data set's directory (default for Fashion-MNIST: Debian's "
+                        "dataset-fashion-mnist)")  # fmt: skip
+    parser.add_argument("--archs", default="resnet20,mobilenetv2_050")
+    parser.add_argument("--norms", default="mimic,bn,bn-revisited")
+    parser.add_argument("--epochs", default="1.8,5,10,20", help="schedule lengths, comma-separated")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--augment", action="store_true", help="random crop + flip (off, as in the INT8 study)")
+    parser.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split "
+                        "(fewer: a quick look, not the study)")  # fmt: skip
+    parser.add_argument("--summary-only", action="store_true", help="train nothing; tabulate the finished runs")
+    args = parser.parse_args(argv)
+    try:
+        args.epochs = [float(e) for e in args.epochs.split(",")]
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error("--epochs and --seeds take comma-separated numbers, e.g. --epochs 1.8,5 --seeds 0,1")
+    if any(e <= 0 for e in args.epochs) or any(s < 0 for s in args.seeds):
+        parser.error("--epochs must be positive and --seeds non-negative")
+    args.archs, args.norms = args.archs.split(","), args.norms.split(",")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    points = study_points(args)
+    try:
+        if not args.summary_only:
+            train_missing(args, out, points)
+        table = write_results(out, points)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"written {out / 'parity.md'}, {out / 'parity.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
