@@ -18,10 +18,16 @@ What is not:
 - ReLU6 (Clip with a finite max): clip(x / s, 0, 6) != clip(x, 0, 6) / s. The paper replaces
   ReLU6 by ReLU first, which changes the FP32 model; this transform leaves such pairs alone (the
   networks here use ReLU). A Clip with min 0 and no max is a ReLU and is equalized.
-- Bias absorption (the paper's section 4.1.2): moving c = max(0, beta - 3 gamma) from conv1's bias
-  into conv2's is exact only where the pre-activation never falls below c (an estimate from BN
-  statistics that the folded model no longer has) and, before a zero-padded conv, not at the
-  borders. It is not done here.
+
+Bias absorption (the paper's section 4.1.2), `absorb_biases`, is a separate, data-driven step:
+where output channel i of conv1 stays at or above c_i > 0 on every calibration image and
+position, relu(x) = relu(x - c_i) + c_i there, so c_i can leave conv1's bias (narrowing the range
+the Relu's output must be quantized over) and re-enter conv2's bias as c_i times conv2's weights
+of that input channel. The paper estimates c_i from BN statistics (beta - 3 gamma), which a folded
+model no longer has; here c_i is the channel's smallest pre-activation on the calibration images.
+It is exact on those images and only approximate on others (an image driving channel i below c_i
+gets relu(x - c_i) = 0 where x - c_i was owed), so its effect is measured, not assumed. A conv2
+with padding is left alone: its zero padding would stand for -c_i after the shift.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from onnx import numpy_helper
 
 from calibration.inputs import load_fp32_model
 from engines.artifacts import atomic_path
+from engines.onnxruntime.session import create_session, session_batches
 
 # Sweeps stop when every scale of a sweep is within this of 1 (the paper iterates to convergence).
 CONVERGED = 1e-4
@@ -198,3 +205,57 @@ def write_equalized_model(model_path: str | Path, out_path: str | Path) -> Equal
         onnx.save(model, str(tmp))
     result.output_path = str(out_path)
     return result
+
+
+@dataclass
+class AbsorbedBias:
+    first: str  # node names
+    second: str
+    channels_shifted: int  # channels whose pre-activation stayed above 0 on every calibration image
+    largest_shift: float  # the largest c_i moved from the first conv's bias to the second's
+
+
+def _unpadded(node: onnx.NodeProto) -> bool:
+    attrs = {attr.name: attr for attr in node.attribute}
+    auto_pad = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+    pads = list(attrs["pads"].ints) if "pads" in attrs else []
+    return auto_pad in ("NOTSET", "VALID") and not any(pads)
+
+
+def channel_minima(model: onnx.ModelProto, tensors: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """The smallest value of each channel (axis 1) of `tensors` over `images`, every position."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in tensors)  # fmt: skip
+    minima: dict[str, np.ndarray] = {}
+    for outputs in session_batches(create_session(probe), images, output_names=tensors):
+        for name, value in zip(tensors, outputs, strict=True):
+            batch_min = value.min(axis=tuple(a for a in range(value.ndim) if a != 1))
+            minima[name] = np.minimum(minima[name], batch_min) if name in minima else batch_min
+    return minima
+
+
+def absorb_biases(model: onnx.ModelProto, images: np.ndarray) -> tuple[onnx.ModelProto, list[AbsorbedBias]]:
+    """A copy of `model` with bias absorbed (see module docstring) across every conv -> Relu -> conv
+    pair that `find_pairs` accepts, whose convs both have a bias and whose second conv is unpadded."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    pairs, _ = find_pairs(model)
+    pairs = [p for p in pairs if len(p.first.input) > 2 and len(p.second.input) > 2 and p.first.input[2]
+             and p.second.input[2] and _unpadded(p.second)]  # fmt: skip
+    if not pairs:
+        return model, []
+    minima = channel_minima(model, [p.first.output[0] for p in pairs], images)
+    inits = {init.name: init for init in model.graph.initializer}
+    absorbed = []
+    for pair in pairs:
+        shifts = np.maximum(minima[pair.first.output[0]].astype(np.float64), 0.0)
+        b1_name, w2_name, b2_name = pair.first.input[2], pair.second.input[1], pair.second.input[2]
+        b1, w2, b2 = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in (b1_name, w2_name, b2_name))
+        groups = _groups(pair.second)
+        # conv2's output o gains sum over its kernel and the input channels it reads of W2 * c.
+        per_input = scale_input_channels(w2, groups, shifts).reshape(w2.shape[0], -1).sum(axis=1)
+        inits[b1_name].CopyFrom(numpy_helper.from_array((b1 - shifts).astype(np.float32), b1_name))
+        inits[b2_name].CopyFrom(numpy_helper.from_array((b2 + per_input).astype(np.float32), b2_name))
+        absorbed.append(AbsorbedBias(pair.first.name, pair.second.name, int((shifts > 0).sum()),
+                                     float(shifts.max())))  # fmt: skip
+    return model, absorbed

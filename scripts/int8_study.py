@@ -217,6 +217,36 @@ def evaluate_equalized(directory: Path, data: dict, say) -> dict:
             write_qdq_model(model, calibrate_ranges(model, data["ranges"], method), path, **encoding.qdq_options)
             result["int8"][f"per-tensor {method}"] = score = accuracy(ort_logits(path, test_images), test_labels)
             say(f"CLE + INT8 per-tensor {method}: {100 * score:.2f}%")
+        result["absorbed"] = absorbed_scores(model, data, Path(tmp), say)
+    return result
+
+
+def absorbed_scores(equalized: Path, data: dict, tmp: Path, say) -> dict:
+    """Per-tensor INT8 after bias absorption (calibration.equalize.absorb_biases, shifts from the
+    range images) on top of CLE, on the test split; FP32 too, as absorption is exact only on the
+    range images."""
+    import onnx
+
+    from calibration.equalize import absorb_biases
+    from calibration.metrics import accuracy
+    from calibration.quantize import write_qdq_model
+    from calibration.ranges import calibrate_ranges
+    from calibration.targets import encoding_for
+
+    test_images, test_labels = data["test"]
+    absorbed_model, absorbed = absorb_biases(onnx.load(str(equalized)), data["ranges"])
+    model = tmp / "absorbed.onnx"
+    onnx.save(absorbed_model, str(model))
+    result = {"pairs": len(absorbed), "channels_shifted": sum(a.channels_shifted for a in absorbed),
+              "fp32": accuracy(ort_logits(model, test_images), test_labels), "int8": {}}  # fmt: skip
+    say(f"CLE + bias absorption: {result['channels_shifted']} channels shifted in {len(absorbed)} pairs, FP32 "
+        f"{100 * result['fp32']:.2f}%")  # fmt: skip
+    for method in CLE_METHODS:
+        path = tmp / f"absorbed.{method}.onnx"
+        ranges = calibrate_ranges(model, data["ranges"], method)
+        write_qdq_model(model, ranges, path, **encoding_for("desktop-gpu").qdq_options)
+        result["int8"][f"per-tensor {method}"] = score = accuracy(ort_logits(path, test_images), test_labels)
+        say(f"CLE + bias absorption + INT8 per-tensor {method}: {100 * score:.2f}%")
     return result
 
 
@@ -248,7 +278,7 @@ def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
                     write_json(path, *INT8_STUDY_MODEL, {"arch": arch, "norm": norm, "seed": seed, **result})
                     print(f"[{arch} {norm} seed {seed}] evaluated in {(time.perf_counter() - started) / 60:.1f} min",
                           flush=True)  # fmt: skip
-                if "cle" not in result:  # results from before the CLE columns get them added
+                if "absorbed" not in result.get("cle", {}):  # results from before the CLE columns get them added
                     result["cle"] = evaluate_equalized(directory, data, lambda m, tag=f"[{arch} {norm} seed {seed}]":
                                                        print(f"{tag} {m}", flush=True))  # fmt: skip
                     write_json(path, *INT8_STUDY_MODEL, {"arch": arch, "norm": norm, "seed": seed, **result})
@@ -307,17 +337,22 @@ def cle_table(groups: list) -> list[str]:
     lines = [
         "",
         "After cross-layer equalization (Nagel et al. 2019; exact in FP32, [conv pairs equalized]), per-tensor INT8",
-        "as above, against the same models' per-tensor INT8 without it.",
+        "as above, against the same models' per-tensor INT8 without it; BA: bias absorption on top of CLE (shifts",
+        "from the range images, exact on them only, so FP32 after it is scored too).",
         "",
-        "| model | norm | FP32 after CLE | " + " | ".join(f"{c}, no CLE | {c} + CLE" for c in cle_columns)
-        + " | worst weight-range spread after CLE |",
-        "|---" * (2 * len(cle_columns) + 4) + "|",
+        "| model | norm | FP32 after CLE | "
+        + " | ".join(f"{c}, no CLE | {c} + CLE | {c} + CLE + BA" for c in cle_columns)
+        + " | FP32 after CLE + BA [channels shifted] | worst weight-range spread after CLE |",
+        "|---" * (3 * len(cle_columns) + 5) + "|",
     ]
     for arch, label, group in groups:
         pairs = sorted({r["cle"]["pairs"] for r in group})
         values = [cell([r["cle"]["fp32"] for r in group]) + f" [{', '.join(map(str, pairs))}]"]
         for c in cle_columns:
-            values += [cell([r["int8"][c] for r in group]), cell([r["cle"]["int8"][c] for r in group])]
+            values += [cell([r["int8"][c] for r in group]), cell([r["cle"]["int8"][c] for r in group]),
+                       cell([r["cle"]["absorbed"]["int8"][c] for r in group])]  # fmt: skip
+        shifted = ", ".join(str(r["cle"]["absorbed"]["channels_shifted"]) for r in group)
+        values.append(cell([r["cle"]["absorbed"]["fp32"] for r in group]) + f" [{shifted}]")
         values.append(cell([r["cle"]["worst_spread"] for r in group], 1, ".1f") + "x")
         lines.append(f"| {arch} | {label} | " + " | ".join(values) + " |")
     return lines

@@ -103,3 +103,39 @@ def test_write_equalized_model_checks_its_input(tmp_path):
     with pytest.raises(UserError, match="not an ONNX model"):
         write_equalized_model(tmp_path / "junk.onnx", tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
+
+
+def test_bias_absorption_is_exact_on_its_images_and_narrows_the_relu_it_shifts(tmp_path):
+    from calibration.equalize import absorb_biases, channel_minima
+
+    model = onnx.load(make_tiny_mobilenet(tmp_path / "m.onnx", channel_scales=PLANTED))
+    dw_bias = next(init for init in model.graph.initializer if init.name == "dw.bias")
+    lifted = numpy_helper.to_array(dw_bias) + np.array([0, 0, 1.0, 12.0, 0, 0, 0, 0], np.float32)
+    dw_bias.CopyFrom(numpy_helper.from_array(lifted, "dw.bias"))  # channels 2 and 3 now always on, like 0
+    images = random_images(32, size=8)
+    dw_out = next(node for node in model.graph.node if node.name == "dw").output[0]
+    before = channel_minima(model, [dw_out], images)[dw_out]
+    assert before[0] > 0 and before[2] > 0 and before[3] > 0 and (before <= 0).sum() >= 3
+
+    absorbed_model, absorbed = absorb_biases(model, images)
+    # dw -> project only: the expand -> dw pair's second conv is zero-padded.
+    assert [(a.first, a.second) for a in absorbed] == [("dw", "project")]
+    assert absorbed[0].channels_shifted == int((before > 0).sum())
+    assert absorbed[0].largest_shift == pytest.approx(float(before.max()), rel=1e-6)
+    reference, got = run(model, images), run(absorbed_model, images)
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+    after = channel_minima(absorbed_model, [dw_out], images)[dw_out]
+    np.testing.assert_allclose(after, np.minimum(before, 0), atol=1e-4 * np.abs(before).max())
+
+
+def test_bias_absorption_is_not_exact_on_images_that_go_below_the_shift(tmp_path):
+    from calibration.equalize import absorb_biases
+
+    model = onnx.load(make_tiny_mobilenet(tmp_path / "m.onnx", channel_scales=PLANTED))
+    dw_bias = next(init for init in model.graph.initializer if init.name == "dw.bias")
+    dw_bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(dw_bias) + np.float32(2.0), "dw.bias"))
+    calibration_images = random_images(8, size=8) * 0.1  # dim images: the shifts fit them only
+    absorbed_model, absorbed = absorb_biases(model, calibration_images)
+    assert absorbed[0].channels_shifted > 0
+    bright = random_images(8, size=8, seed=2) * 4.0
+    assert np.abs(run(absorbed_model, bright) - run(model, bright)).max() > 1e-3

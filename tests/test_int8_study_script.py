@@ -34,11 +34,12 @@ def test_evaluate_phase_scores_every_variant_and_summarizes(tmp_path):
     for row in rows:
         assert row["cle"]["pairs"] == 0 and row["cle"]["fp32"] == row["fp32"]
         assert set(row["cle"]["int8"]) == {f"per-tensor {m}" for m in study.CLE_METHODS}
+        assert row["cle"]["absorbed"]["pairs"] == 0 and row["cle"]["absorbed"]["fp32"] == row["fp32"]
     assert (tmp_path / "tiny" / "bn" / "seed0" / study.RESULT_FILE).is_file()  # the phase resumes from these
 
     table = study.summarize(rows)
     assert "| tiny | MimicNorm |" in table and "| tiny | BN-folded |" in table
-    assert "per-tensor minmax + CLE" in table
+    assert "per-tensor minmax + CLE" in table and "per-tensor minmax + CLE + BA" in table
     assert study.evaluate_models(args, tmp_path) == rows  # read back, not recomputed
 
 
@@ -58,6 +59,8 @@ def test_results_from_before_the_cle_columns_get_them_added(tmp_path):
             "test": load_image_set(tmp_path / "data" / "test.npz")}  # fmt: skip
     cle = study.evaluate_equalized(directory, data, lambda message: None)
     assert cle["pairs"] == 2 and cle["worst_spread"] < 10
+    # Bias absorption: the depthwise -> project pair only (the depthwise conv is zero-padded).
+    assert cle["absorbed"]["pairs"] == 1 and set(cle["absorbed"]["int8"]) == set(cle["int8"])
     rows = [r for r in study.evaluate_models(Namespace(archs=["tiny"], seeds=[0]), tmp_path) if r["norm"] == "bn"]
     assert rows[0]["cle"] == cle  # computed once, added to the old result, and saved
     assert read_json(directory / study.RESULT_FILE, *study.INT8_STUDY_MODEL)["cle"] == cle
