@@ -239,9 +239,13 @@ def absorb_biases(model: onnx.ModelProto, images: np.ndarray) -> tuple[onnx.Mode
     """A copy of `model` with bias absorbed (see module docstring) across every conv -> Relu -> conv
     pair that `find_pairs` accepts, whose convs both have a bias and whose second conv is unpadded."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    pairs, _ = find_pairs(model)
-    pairs = [p for p in pairs if len(p.first.input) > 2 and len(p.second.input) > 2 and p.first.input[2]
-             and p.second.input[2] and _unpadded(p.second)]  # fmt: skip
+    pairs, _ = find_pairs(model)  # conv1's bias and both weights are initializers of their conv alone
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    pairs = [p for p in pairs if len(p.first.input) > 2 and p.first.input[2] and len(p.second.input) > 2
+             and uses.get(p.second.input[2]) == 1 and _unpadded(p.second)]  # fmt: skip
     if not pairs:
         return model, []
     minima = channel_minima(model, [p.first.output[0] for p in pairs], images)
@@ -253,9 +257,9 @@ def absorb_biases(model: onnx.ModelProto, images: np.ndarray) -> tuple[onnx.Mode
         b1, w2, b2 = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in (b1_name, w2_name, b2_name))
         groups = _groups(pair.second)
         # conv2's output o gains sum over its kernel and the input channels it reads of W2 * c.
-        per_input = scale_input_channels(w2, groups, shifts).reshape(w2.shape[0], -1).sum(axis=1)
+        gained = scale_input_channels(w2, groups, shifts).reshape(w2.shape[0], -1).sum(axis=1)
         inits[b1_name].CopyFrom(numpy_helper.from_array((b1 - shifts).astype(np.float32), b1_name))
-        inits[b2_name].CopyFrom(numpy_helper.from_array((b2 + per_input).astype(np.float32), b2_name))
+        inits[b2_name].CopyFrom(numpy_helper.from_array((b2 + gained).astype(np.float32), b2_name))
         absorbed.append(AbsorbedBias(pair.first.name, pair.second.name, int((shifts > 0).sum()),
                                      float(shifts.max())))  # fmt: skip
     return model, absorbed
