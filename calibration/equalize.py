@@ -244,12 +244,12 @@ def absorb_biases(model: onnx.ModelProto, images: np.ndarray) -> tuple[onnx.Mode
     for node in model.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
+    inits = {init.name: init for init in model.graph.initializer}
     pairs = [p for p in pairs if len(p.first.input) > 2 and p.first.input[2] and len(p.second.input) > 2
-             and uses.get(p.second.input[2]) == 1 and _unpadded(p.second)]  # fmt: skip
+             and p.second.input[2] in inits and uses[p.second.input[2]] == 1 and _unpadded(p.second)]  # fmt: skip
     if not pairs:
         return model, []
     minima = channel_minima(model, [p.first.output[0] for p in pairs], images)
-    inits = {init.name: init for init in model.graph.initializer}
     absorbed = []
     for pair in pairs:
         shifts = np.maximum(minima[pair.first.output[0]].astype(np.float64), 0.0)
