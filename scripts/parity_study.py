@@ -149,7 +149,7 @@ def summarize(rows: list[dict]) -> str:
         cells = [arch, f"{epochs:g}"]
         for norm in norms:
             seeds = per_norm.get(norm, {})
-            cells.append(f"{means[norm]:.2f} ({', '.join(f'{v:.2f}' for _, v in sorted(seeds.items()))})"
+            cells.append(f"{means[norm]:.2f} ({', '.join(f's{k} {v:.2f}' for k, v in sorted(seeds.items()))})"
                          if seeds else "")  # fmt: skip
         for norm in norms:
             if norm == REFERENCE_NORM:
@@ -157,8 +157,8 @@ def summarize(rows: list[dict]) -> str:
             both = norm in means and REFERENCE_NORM in means
             cells.append(f"{means[norm] - means[REFERENCE_NORM]:+.2f}" if both else "")
         lines.append("| " + " | ".join(cells) + " |")
-    note = ("Final test accuracy on the 10,000 test images, mean over seeds (each seed in brackets, "
-            "seed 0 first); the differences are of the means.")  # fmt: skip
+    note = ("Final test accuracy % on the test split, mean over seeds (each seed in brackets: s0 = seed 0); "
+            "the differences are of the means.")  # fmt: skip
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 

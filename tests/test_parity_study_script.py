@@ -62,5 +62,5 @@ def test_the_summary_puts_each_norm_beside_bn():
                                          ("bn-revisited", 0, 0.93))]  # fmt: skip
     lines = study.summarize(rows).splitlines()
     assert lines[0] == "| arch | epochs | mimic % | bn % | bn-revisited % | mimic - bn | bn-revisited - bn |"
-    assert lines[2] == ("| resnet20 | 5 | 90.25 (90.00, 90.50) | 91.50 (91.00, 92.00) | 93.00 (93.00) "
+    assert lines[2] == ("| resnet20 | 5 | 90.25 (s0 90.00, s1 90.50) | 91.50 (s0 91.00, s1 92.00) | 93.00 (s0 93.00) "
                         "| -1.25 | +1.50 |")  # fmt: skip
