@@ -14,7 +14,7 @@ split with Q/DQ simulated in float (what TensorRT's arithmetic approximates, the
 machine), plus ONNX Runtime's `quantize_static` with its defaults (the baseline a user reaches
 for), gated mixed-precision plans from per-tensor MinMax and per-tensor Entropy, and per-tensor
 MinMax and Percentile after cross-layer equalization (calibration.equalize: what a BN network's
-owner would do before per-tensor INT8 instead of retraining). Ranges come
+owner would do before per-tensor INT8 instead of retraining), and after CLE + bias absorption. Ranges come
 from the first half of a 1,024-image sample of the training split; the gate is measured on the
 second half. Each model's results are kept in its directory (study_result.json), so this phase
 resumes too. The tables (mean and spread over seeds) go to stdout, `<out>/study.md` and
@@ -278,7 +278,7 @@ def evaluate_models(args: argparse.Namespace, out: Path) -> list[dict]:
                     write_json(path, *INT8_STUDY_MODEL, {"arch": arch, "norm": norm, "seed": seed, **result})
                     print(f"[{arch} {norm} seed {seed}] evaluated in {(time.perf_counter() - started) / 60:.1f} min",
                           flush=True)  # fmt: skip
-                if "absorbed" not in result.get("cle", {}):  # results from before the CLE columns get them added
+                if "absorbed" not in result.get("cle", {}):  # older results get the CLE and BA columns
                     result["cle"] = evaluate_equalized(directory, data, lambda m, tag=f"[{arch} {norm} seed {seed}]":
                                                        print(f"{tag} {m}", flush=True))  # fmt: skip
                     write_json(path, *INT8_STUDY_MODEL, {"arch": arch, "norm": norm, "seed": seed, **result})
