@@ -112,7 +112,7 @@ def train_missing(args: argparse.Namespace, out: Path, points: list[tuple[str, s
         started = time.perf_counter()
         train_stage(config, dataset, directory, lambda m, tag=tag: print(f"{tag} {m}", flush=True), resume=resume)
         print(f"{tag} finished in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-        write_results(out, points)
+        write_results(args, out, points)
 
 
 def run_result(directory: Path) -> dict | None:
@@ -124,10 +124,13 @@ def run_result(directory: Path) -> dict | None:
             "epoch_accuracies": [epoch["test_accuracy"] for epoch in report["epochs"]]}  # fmt: skip
 
 
-def collect(out: Path, points: list[tuple[str, str, float, int]]) -> list[dict]:
+def collect(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> list[dict]:
+    """The finished runs of `points`, each checked to have the recipe asked (none is mixed in)."""
     rows = []
     for arch, norm, epochs, seed in points:
-        result = run_result(run_dir(out, arch, norm, epochs, seed))
+        directory = run_dir(out, arch, norm, epochs, seed)
+        check_recipe(directory, train_config(args, arch, norm, epochs, seed))
+        result = run_result(directory)
         if result is not None:
             rows.append({"arch": arch, "norm": norm, "epochs": epochs, "seed": seed, **result})
     return rows
@@ -162,8 +165,8 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def write_results(out: Path, points: list[tuple[str, str, float, int]]) -> str:
-    rows = collect(out, points)
+def write_results(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> str:
+    rows = collect(args, out, points)
     table = summarize(rows)
     write_json(out / "parity.json", *PARITY_STUDY, {"rows": rows})
     atomic_write_text(out / "parity.md", table)
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.summary_only:
             train_missing(args, out, points)
-        table = write_results(out, points)
+        table = write_results(args, out, points)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
