@@ -92,25 +92,27 @@ def _loss_and_grads(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 def test_scalars_folded_into_the_forward_give_the_straightforward_loss_and_gradients(arch, stem, monkeypatch):
     # The imagenet-stem ResNet-50 also covers the bottleneck and the scalar on projection shortcuts.
     torch.manual_seed(0)
-    model = create_model(arch, norm="mimic", num_classes=5, in_chans=3, stem=stem)
+    # In float64, so rounding (which differs between CPUs' kernels) is far below any wrong term.
+    model = create_model(arch, norm="mimic", num_classes=5, in_chans=3, stem=stem).double()
     with torch.no_grad():  # scalars away from their init and non-zero biases, so every term counts
         for module in model.modules():
             if isinstance(module, ResidualScalar):
                 module.scale.mul_(1.0 + torch.rand(()))
             elif isinstance(module, nn.Conv2d):
                 module.bias.normal_(0.0, 0.1)
-    images, labels = torch.rand(4, 3, 32, 32), torch.randint(0, 5, (4,))
+    images, labels = torch.rand(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 5, (4,))
     loss, grads = _loss_and_grads(model, images, labels)
     # The straightforward formulation: the scalar multiplies the conv's output.
     monkeypatch.setattr(ResidualScalar, "conv_forward", lambda self, conv, x: self(conv(x)))
     reference_loss, reference_grads = _loss_and_grads(model, images, labels)
-    torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-12, atol=1e-12)
     scalar_grads = [name for name in grads if name.endswith("scale.scale") or name.endswith("_scale.scale")]
     assert scalar_grads and all(reference_grads[name].abs() > 0 for name in scalar_grads)
-    # Gradients are O(1); rounding differs between the two orders by ~1e-5 (the logits BN over a
-    # batch of 4 amplifies it), while a missing or wrong term would differ by O(0.1).
+    # Gradients are O(1); in float32 the two orders' rounding differed by up to 3e-4 on one CPU (the
+    # logits BN over a batch of 4 amplifies it), in float64 by ~1e-12, while a missing or wrong
+    # term would differ by O(0.1).
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-8, atol=1e-8)
 
 
 def test_scalars_folded_into_the_forward_do_not_keep_branch_outputs():
