@@ -36,7 +36,9 @@ def test_demo_runs_every_stage_for_both_models(demo_run):
     for norm, model in report["models"].items():
         assert set(model["engines"]) == set(VARIANTS)
         fp32 = model["engines"]["fp32"]
-        assert fp32["accuracy"] > 0.5  # 4 balanced synthetic classes: chance is 0.25
+        # 4 balanced synthetic classes: chance is 0.25 (16 of 64 images, sd 3.5). The two quick
+        # epochs' trajectory differs between CPUs: 0.48 on an AMD EPYC, above 0.5 on a Xeon.
+        assert fp32["accuracy"] > 0.4
         for variant in VARIANTS[1:]:
             engine = model["engines"][variant]
             # Q/DQ simulation is left to --extended (the time budget)
