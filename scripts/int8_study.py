@@ -198,27 +198,38 @@ def evaluate_equalized(directory: Path, data: dict, say) -> dict:
 
     from calibration.equalize import write_equalized_model
     from calibration.metrics import accuracy, weight_range_spread, worst_spread
-    from calibration.quantize import write_qdq_model
-    from calibration.ranges import calibrate_ranges
-    from calibration.targets import encoding_for
 
     test_images, test_labels = data["test"]
-    encoding = encoding_for("desktop-gpu")
     with tempfile.TemporaryDirectory(prefix="int8-study-cle.") as tmp:
         model = Path(tmp) / "equalized.onnx"
         equalization = write_equalized_model(directory / "model.onnx", model)
         worst = worst_spread(weight_range_spread(model))
         result = {"pairs": len(equalization.pairs), "fp32": accuracy(ort_logits(model, test_images), test_labels),
-                  "worst_spread": worst.spread, "worst_spread_layer": worst.node, "int8": {}}  # fmt: skip
+                  "worst_spread": worst.spread, "worst_spread_layer": worst.node}  # fmt: skip
         say(f"CLE: {len(equalization.pairs)} conv pairs equalized, FP32 {100 * result['fp32']:.2f}%, worst spread "
             f"{worst.spread:.1f}x ({worst.node})")  # fmt: skip
-        for method in CLE_METHODS:
-            path = Path(tmp) / f"{method}.onnx"
-            write_qdq_model(model, calibrate_ranges(model, data["ranges"], method), path, **encoding.qdq_options)
-            result["int8"][f"per-tensor {method}"] = score = accuracy(ort_logits(path, test_images), test_labels)
-            say(f"CLE + INT8 per-tensor {method}: {100 * score:.2f}%")
+        result["int8"] = per_tensor_scores(model, data, "CLE", say)
         result["absorbed"] = absorbed_scores(model, data, Path(tmp), say)
     return result
+
+
+def per_tensor_scores(model: Path, data: dict, label: str, say) -> dict:
+    """Per-tensor INT8 of `model` with each of CLE_METHODS' ranges (from the range images), written
+    for TensorRT and scored on the test split; the Q/DQ models go beside `model`."""
+    from calibration.metrics import accuracy
+    from calibration.quantize import write_qdq_model
+    from calibration.ranges import calibrate_ranges
+    from calibration.targets import encoding_for
+
+    test_images, test_labels = data["test"]
+    scores = {}
+    for method in CLE_METHODS:
+        path = model.with_name(f"{model.stem}.{method}.onnx")
+        ranges = calibrate_ranges(model, data["ranges"], method)
+        write_qdq_model(model, ranges, path, **encoding_for("desktop-gpu").qdq_options)
+        scores[f"per-tensor {method}"] = score = accuracy(ort_logits(path, test_images), test_labels)
+        say(f"{label} + INT8 per-tensor {method}: {100 * score:.2f}%")
+    return scores
 
 
 def absorbed_scores(equalized: Path, data: dict, tmp: Path, say) -> dict:
@@ -229,24 +240,16 @@ def absorbed_scores(equalized: Path, data: dict, tmp: Path, say) -> dict:
 
     from calibration.equalize import absorb_biases
     from calibration.metrics import accuracy
-    from calibration.quantize import write_qdq_model
-    from calibration.ranges import calibrate_ranges
-    from calibration.targets import encoding_for
 
     test_images, test_labels = data["test"]
     absorbed_model, absorbed = absorb_biases(onnx.load(str(equalized)), data["ranges"])
     model = tmp / "absorbed.onnx"
     onnx.save(absorbed_model, str(model))
     result = {"pairs": len(absorbed), "channels_shifted": sum(a.channels_shifted for a in absorbed),
-              "fp32": accuracy(ort_logits(model, test_images), test_labels), "int8": {}}  # fmt: skip
+              "fp32": accuracy(ort_logits(model, test_images), test_labels)}  # fmt: skip
     say(f"CLE + bias absorption: {result['channels_shifted']} channels shifted in {len(absorbed)} pairs, FP32 "
         f"{100 * result['fp32']:.2f}%")  # fmt: skip
-    for method in CLE_METHODS:
-        path = tmp / f"absorbed.{method}.onnx"
-        ranges = calibrate_ranges(model, data["ranges"], method)
-        write_qdq_model(model, ranges, path, **encoding_for("desktop-gpu").qdq_options)
-        result["int8"][f"per-tensor {method}"] = score = accuracy(ort_logits(path, test_images), test_labels)
-        say(f"CLE + bias absorption + INT8 per-tensor {method}: {100 * score:.2f}%")
+    result["int8"] = per_tensor_scores(model, data, "CLE + bias absorption", say)
     return result
 
 
