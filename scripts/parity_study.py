@@ -23,13 +23,14 @@ study can be stopped at any time (Ctrl-C loses at most the epoch in progress) an
 with the same command. `--summary-only` trains nothing and tabulates what is there.
 
 Results: `<out>/parity.json` (every finished run: final test accuracy, the best epoch's, per-epoch
-accuracies) and `<out>/parity.md` (per point: mean over seeds, each seed, and each norm minus BN),
-rewritten after every run.
+accuracies; per arch the pooled seed-to-seed sd) and `<out>/parity.md` (per point: mean over seeds,
+each seed, and each norm minus BN with a 95 % interval), rewritten after every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -136,39 +137,98 @@ def collect(args: argparse.Namespace, out: Path, points: list[tuple[str, str, fl
     return rows
 
 
-def summarize(rows: list[dict]) -> str:
-    """Per arch and length: each norm's mean final accuracy over seeds (each seed's in brackets)
-    and its difference to BN's mean, for the points that have at least one finished run."""
+def t_quantile_975(df: int) -> float:
+    """Student's t 97.5 % quantile: exact for 1 and 2 degrees of freedom, else the Cornish-Fisher
+    expansion around the normal quantile (within 0.004 of the tables from 3 df on)."""
+    if df == 1:
+        return math.tan(math.pi * 0.475)
+    if df == 2:
+        return 0.95 / math.sqrt(2 * 0.975 * 0.025)
+    z = statistics.NormalDist().inv_cdf(0.975)
+    terms = [(z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160]  # fmt: skip
+    return z + sum(term / df**power for power, term in enumerate(terms, start=1))
+
+
+def pooled_seed_sd(cells: list[list[float]]) -> tuple[float, int] | None:
+    """The seed-to-seed standard deviation pooled over cells (one cell: one norm at one length) and
+    its degrees of freedom; None without a cell of two seeds. Pooling assumes the seeds scatter
+    about as much at every point of an arch: two seeds give one point's own spread too roughly to
+    use alone."""
+    df = sum(len(cell) - 1 for cell in cells if len(cell) > 1)
+    if df == 0:
+        return None
+    squares = sum((len(cell) - 1) * statistics.variance(cell) for cell in cells if len(cell) > 1)
+    return math.sqrt(squares / df), df
+
+
+def difference_cell(values: list[float], reference: list[float], noise: tuple[float, int] | None) -> str:
+    """Mean minus the reference's mean, ± the 95 % half-width from the pooled seed noise; bold
+    where the interval leaves out zero."""
+    difference = statistics.mean(values) - statistics.mean(reference)
+    if noise is None:
+        return f"{difference:+.2f}"
+    sd, df = noise
+    half_width = t_quantile_975(df) * sd * math.sqrt(1 / len(values) + 1 / len(reference))
+    cell = f"{difference:+.2f} ± {half_width:.2f}"
+    return f"**{cell}**" if abs(difference) > half_width else cell
+
+
+def points_by_norm(rows: list[dict]) -> dict[tuple[str, float], dict[str, dict[int, float]]]:
+    """(arch, epochs) -> norm -> seed -> final test accuracy in %."""
     by_point: dict[tuple[str, float], dict[str, dict[int, float]]] = {}
     for row in rows:
         seeds = by_point.setdefault((row["arch"], row["epochs"]), {}).setdefault(row["norm"], {})
         seeds[row["seed"]] = 100 * row["final_accuracy"]
+    return by_point
+
+
+def seed_noise(by_point: dict[tuple[str, float], dict[str, dict[int, float]]]) -> dict[str, tuple[float, int] | None]:
+    archs = {arch for arch, _ in by_point}
+    return {arch: pooled_seed_sd([list(seeds.values()) for (a, _), per_norm in by_point.items() if a == arch
+                                  for seeds in per_norm.values()]) for arch in sorted(archs)}  # fmt: skip
+
+
+def describe_noise(arch: str, noise: tuple[float, int] | None) -> str:
+    return f"{arch}: no point with two seeds" if noise is None else f"{arch}: sd {noise[0]:.2f} points, {noise[1]} df"
+
+
+def summarize(rows: list[dict]) -> str:
+    """Per arch and length: each norm's mean final accuracy over seeds (each seed's in brackets)
+    and its difference to BN's mean with a 95 % interval, for the points with a finished run."""
+    by_point = points_by_norm(rows)
+    noise = seed_noise(by_point)
     norms = sorted({row["norm"] for row in rows}, key=lambda n: (n != "mimic", n))
     header = ["arch", "epochs", *[f"{n} %" for n in norms], *[f"{n} - {REFERENCE_NORM}" for n in norms
                                                                  if n != REFERENCE_NORM]]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (arch, epochs), per_norm in sorted(by_point.items()):
-        means = {n: statistics.mean(s.values()) for n, s in per_norm.items()}
         cells = [arch, f"{epochs:g}"]
         for norm in norms:
             seeds = per_norm.get(norm, {})
-            cells.append(f"{means[norm]:.2f} ({', '.join(f's{k} {v:.2f}' for k, v in sorted(seeds.items()))})"
-                         if seeds else "")  # fmt: skip
+            each = ", ".join(f"s{k} {v:.2f}" for k, v in sorted(seeds.items()))
+            cells.append(f"{statistics.mean(seeds.values()):.2f} ({each})" if seeds else "")
         for norm in norms:
             if norm == REFERENCE_NORM:
                 continue
-            both = norm in means and REFERENCE_NORM in means
-            cells.append(f"{means[norm] - means[REFERENCE_NORM]:+.2f}" if both else "")
+            both = norm in per_norm and REFERENCE_NORM in per_norm
+            cells.append(difference_cell(list(per_norm[norm].values()), list(per_norm[REFERENCE_NORM].values()),
+                                         noise[arch]) if both else "")  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    note = ("Final test accuracy % on the test split, mean over seeds (each seed in brackets: s0 = seed 0); "
-            "the differences are of the means.")  # fmt: skip
+    spread = "; ".join(describe_noise(arch, arch_noise) for arch, arch_noise in noise.items())
+    note = ("Final test accuracy % on the test split, mean over seeds (each seed in brackets: s0 = seed 0). "
+            "Each difference is of the means, ± the half-width of its 95 % interval (Student t) from the "
+            f"seed-to-seed standard deviation pooled over every point of the arch ({spread}); bold where the "
+            "interval leaves out zero.")  # fmt: skip
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def write_results(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> str:
     rows = collect(args, out, points)
     table = summarize(rows)
-    write_json(out / "parity.json", *PARITY_STUDY, {"rows": rows})
+    noise = {arch: None if sd_df is None else {"sd_points": sd_df[0], "df": sd_df[1]}
+             for arch, sd_df in seed_noise(points_by_norm(rows)).items()}  # fmt: skip
+    write_json(out / "parity.json", *PARITY_STUDY, {"rows": rows, "seed_noise": noise})
     atomic_write_text(out / "parity.md", table)
     return table
 

@@ -1,6 +1,8 @@
 """scripts/parity_study.py on the tiny synthetic data set: real (short) training runs, resumed
 studies that read what is finished, and a study that refuses to mix recipes."""
 
+import math
+
 from script_loader import load_script
 
 from engines.artifacts import read_json
@@ -29,7 +31,8 @@ def test_a_study_trains_every_point_once_and_tabulates_it(tmp_path, capsys):
     table = (out / "parity.md").read_text()
     difference = 100 * (two_epochs_mimic["final_accuracy"] - rows[3]["final_accuracy"])
     assert f"| resnet20 | 2 | {100 * two_epochs_mimic['final_accuracy']:.2f} (" in table
-    assert table.splitlines()[3].endswith(f"| {difference:+.2f} |")
+    assert table.splitlines()[3].endswith(f"| {difference:+.2f} |")  # one seed: no interval
+    assert read_json(out / "parity.json", *PARITY_STUDY)["seed_noise"] == {"resnet20": None}
 
     # Started again: nothing is trained twice, the same table comes out.
     assert study.main([*QUICK, "--epochs", "1,2", "--out", str(out)]) == 0
@@ -55,12 +58,33 @@ def test_misspelt_names_fail_before_any_training(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
-def test_the_summary_puts_each_norm_beside_bn():
+def test_the_summary_puts_each_norm_beside_bn_with_an_interval_from_pooled_seed_noise():
     study = load_script("parity_study")
     rows = [{"arch": "resnet20", "epochs": 5.0, "norm": norm, "seed": seed, "final_accuracy": accuracy}
             for norm, seed, accuracy in (("bn", 0, 0.91), ("bn", 1, 0.92), ("mimic", 1, 0.905), ("mimic", 0, 0.90),
                                          ("bn-revisited", 0, 0.93))]  # fmt: skip
     lines = study.summarize(rows).splitlines()
     assert lines[0] == "| arch | epochs | mimic % | bn % | bn-revisited % | mimic - bn | bn-revisited - bn |"
+    # Seed variances 0.5 (bn) and 0.125 (mimic) pool to 0.3125 over 2 df; t(0.975, 2) = 4.303.
+    sd = math.sqrt(0.3125)
+    mimic_half, revisited_half = 4.303 * sd * math.sqrt(1 / 2 + 1 / 2), 4.303 * sd * math.sqrt(1 + 1 / 2)
     assert lines[2] == ("| resnet20 | 5 | 90.25 (s0 90.00, s1 90.50) | 91.50 (s0 91.00, s1 92.00) | 93.00 (s0 93.00) "
-                        "| -1.25 | +1.50 |")  # fmt: skip
+                        f"| -1.25 ± {mimic_half:.2f} | +1.50 ± {revisited_half:.2f} |")  # fmt: skip
+    assert "resnet20: sd 0.56 points, 2 df" in lines[4]
+
+
+def test_a_difference_outside_the_seed_noise_is_bold_and_one_seed_everywhere_gives_no_interval():
+    study = load_script("parity_study")
+    rows = [{"arch": "resnet20", "epochs": 5.0, "norm": norm, "seed": seed, "final_accuracy": accuracy}
+            for norm, seed, accuracy in (("bn", 0, 0.910), ("bn", 1, 0.911), ("mimic", 0, 0.890),
+                                         ("mimic", 1, 0.891))]  # fmt: skip
+    assert study.summarize(rows).splitlines()[2].endswith("| **-2.00 ± 0.30** |")
+    one_seed = study.summarize([row for row in rows if row["seed"] == 0]).splitlines()
+    assert one_seed[2].endswith("| -2.00 |") and "resnet20: no point with two seeds" in one_seed[4]
+
+
+def test_t_quantiles_match_the_published_table():
+    study = load_script("parity_study")
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 6: 2.447, 10: 2.228, 30: 2.042, 120: 1.980}
+    for df, quantile in table.items():
+        assert abs(study.t_quantile_975(df) - quantile) < 0.004, df
