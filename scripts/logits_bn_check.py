@@ -8,9 +8,10 @@ normalization) instead of the authors' affine-free one. docs/BENCHMARKS.md secti
 Why: the affine-free layer gives every logit unit variance over the batch, which bounds how far
 the logits can spread: with K balanced classes perfectly separated, the right class's logit sits
 sqrt(K - 1) above the batch mean and the others 1 / sqrt(K - 1) below, a cross-entropy of 0.28
-on every sample with K = 10 (0.004 with K = 100). This runs `mimicnorm-deploy train` with its arguments unchanged and
-every logits BatchNorm1d made affine (gamma 1, beta 0 at the start: the same function and the same
-random draws as the authors' layer at step 0), to see whether lifting the cap changes accuracy.
+on every sample with K = 10 (0.004 with K = 100). This runs `mimicnorm-deploy train` with its
+arguments unchanged and every logits BatchNorm1d made affine (gamma 1, beta 0 at the start: the
+same function and the same random draws as the authors' layer at step 0), to see whether lifting
+the cap changes accuracy.
 
 An experiment, not a product: the checkpoints record norm "mimic" but hold the extra gamma and
 beta, which no freeze path reads, so `freeze` refuses them (strict load).
