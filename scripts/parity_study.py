@@ -3,7 +3,7 @@
 
     python scripts/parity_study.py [--out runs/parity] [--archs resnet20,mobilenetv2_050]
         [--norms mimic,bn,bn-revisited] [--epochs 1.8,5,10,20] [--seeds 0,1] [--augment]
-        [--warmup-epochs 0.3] [--dataset fashion-mnist] [--data-dir DIR] [--summary-only]
+        [--warmup-epochs 0.3] [--lr 0.1] [--dataset fashion-mnist] [--data-dir DIR] [--summary-only]
 
 Every point is its own run: a cosine schedule's accuracy after 5 of 20 epochs says nothing about a
 5-epoch schedule. The recipe is the study's (scripts/int8_study.py, docs/BENCHMARKS.md section 4):
@@ -12,7 +12,8 @@ parameter, 0.3-epoch linear warm-up then cosine, no augmentation unless --augmen
 length, the norm and the seed change. The authors' recipe differs from it in the warm-up (2 epochs
 of their 150), the batch (256) and the step schedule; their treatment of biases and residual
 scalars (the same lr and weight decay as the weights) and the logits BatchNorm1d's momentum (0.1)
-are already the study's. `--warmup-epochs 2 --out runs/parity-warmup2` runs their warm-up. The
+are already the study's. `--warmup-epochs 2 --out runs/parity-warmup2` runs their warm-up, `--lr 0.2
+--out runs/parity-lr0.2` another peak learning rate (docs/BENCHMARKS.md section 3.4). The
 runs go shortest first, and within a length one seed of every arch and norm before the next
 seed, so a partial study still gives whole points.
 
@@ -57,7 +58,7 @@ def run_dir(out: Path, arch: str, norm: str, epochs: float, seed: int) -> Path:
 def train_config(args: argparse.Namespace, arch: str, norm: str, epochs: float, seed: int):
     from mimicnorm_deploy.training.train import TrainConfig
 
-    return TrainConfig(arch=arch, norm=norm, epochs=epochs, seed=seed, augment=args.augment,
+    return TrainConfig(arch=arch, norm=norm, epochs=epochs, seed=seed, augment=args.augment, lr=args.lr,
                        warmup_epochs=args.warmup_epochs, max_steps_per_epoch=args.max_steps_per_epoch)  # fmt: skip
 
 
@@ -253,6 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--augment", action="store_true", help="random crop + flip (off, as in the INT8 study)")
     parser.add_argument("--warmup-epochs", type=float, default=0.3, help="linear warm-up (default 0.3, the "
                         "study's; the authors' CIFAR recipe: 2 epochs); pass another --out per warm-up")  # fmt: skip
+    parser.add_argument("--lr", type=float, default=0.1, help="the peak learning rate of SGD (default 0.1, the "
+                        "study's); pass another --out per lr")  # fmt: skip
     parser.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split "
                         "(fewer: a quick look, not the study)")  # fmt: skip
     parser.add_argument("--summary-only", action="store_true", help="train nothing; tabulate the finished runs")
@@ -262,8 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error("--epochs and --seeds take comma-separated numbers, e.g. --epochs 1.8,5 --seeds 0,1")
-    if any(e <= 0 for e in args.epochs) or any(s < 0 for s in args.seeds) or args.warmup_epochs < 0:
-        parser.error("--epochs must be positive, --seeds and --warmup-epochs non-negative")
+    if any(e <= 0 for e in args.epochs) or args.lr <= 0 or any(s < 0 for s in args.seeds) or args.warmup_epochs < 0:
+        parser.error("--epochs and --lr must be positive, --seeds and --warmup-epochs non-negative")
     args.archs, args.norms = args.archs.split(","), args.norms.split(",")
     return args
 

@@ -49,6 +49,10 @@ def test_a_run_trained_with_another_recipe_is_refused_not_mixed_in(tmp_path, cap
     assert study.main([*QUICK, "--norms", "mimic", "--epochs", "1", "--augment", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "trained with another recipe: augment False (asked True)" in error
+    # Another peak lr is another recipe too: its runs need their own --out.
+    assert study.main([*QUICK, "--norms", "mimic", "--epochs", "1", "--lr", "0.2", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "trained with another recipe: lr 0.1 (asked 0.2)" in error
 
 
 def test_misspelt_names_fail_before_any_training(tmp_path, capsys):
