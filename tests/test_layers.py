@@ -7,7 +7,12 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from engines.errors import UserError  # noqa: E402
-from mimicnorm_deploy.training.layers import ResidualScalar, attach_weight_centring, centred_convs  # noqa: E402
+from mimicnorm_deploy.training.layers import (  # noqa: E402
+    ReluGlobalAvgPool,
+    ResidualScalar,
+    attach_weight_centring,
+    centred_convs,
+)
 from mimicnorm_deploy.training.models import create_model  # noqa: E402
 from mimicnorm_deploy.training.train import activation_bytes_saved_for_backward  # noqa: E402
 
@@ -151,3 +156,59 @@ def test_scalars_folded_into_the_forward_are_as_accurate_under_bf16_autocast(mon
     torch.testing.assert_close(loss, fp32_loss, rtol=2e-2, atol=2e-2)
     assert relative_error(grads, fp32_grads) <= 1.25 * relative_error(reference_grads, fp32_grads)
     assert relative_error(grads, fp32_grads) < 0.5
+
+
+def _two_module_relu_pool(self, x: torch.Tensor) -> torch.Tensor:
+    """What ReluGlobalAvgPool replaces: nn.ReLU, then nn.AdaptiveAvgPool2d(1), flattened."""
+    return nn.AdaptiveAvgPool2d(1)(nn.ReLU()(x)).flatten(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu_global_avg_pool_gives_the_two_module_output_and_gradient(dtype, channels_last):
+    torch.manual_seed(0)
+    # 7 x 7: an area that is not a power of two, so the division's rounding is exercised too.
+    x = torch.randn(3, 5, 7, 7, dtype=dtype)
+    x[0, 0, 0, :3] = 0.0  # ReLU's gradient at exactly 0 is 0 in both forms
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weights = torch.randn(3, 5, dtype=dtype)  # a loss whose gradient differs per output
+    pool = ReluGlobalAvgPool().train()
+    results = []
+    for forward in (pool, lambda x: _two_module_relu_pool(None, x)):
+        leaf = x.clone().requires_grad_(True)
+        out = forward(leaf)
+        (out * weights).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    (out, grad), (reference_out, reference_grad) = results
+    assert out.shape == (3, 5)
+    torch.testing.assert_close(out, reference_out, rtol=0, atol=0)
+    torch.testing.assert_close(grad, reference_grad)
+    assert (grad[x <= 0] == 0).all() and (grad[x > 0] != 0).all()
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv2_050", "shufflenetv2_050"])
+@pytest.mark.parametrize("norm", ["mimic", "bn"])
+def test_relu_global_avg_pool_head_gives_the_two_module_loss_and_gradients(arch, norm, monkeypatch):
+    torch.manual_seed(0)
+    model = create_model(arch, norm=norm, num_classes=5, in_chans=3).double()
+    images, labels = torch.rand(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 5, (4,))
+    loss, grads = _loss_and_grads(model, images, labels)
+    monkeypatch.setattr(ReluGlobalAvgPool, "forward", _two_module_relu_pool)
+    reference_loss, reference_grads = _loss_and_grads(model, images, labels)
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-12, atol=1e-12)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("norm", ["mimic", "bn"])
+def test_relu_global_avg_pool_head_keeps_a_byte_per_value_instead_of_four(norm, monkeypatch):
+    def saved_bytes(model: nn.Module) -> int:
+        return activation_bytes_saved_for_backward(model, torch.rand(8, 1, 32, 32), torch.randint(0, 4, (8,)))["bytes"]
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_050", norm=norm, num_classes=4)
+    masked = saved_bytes(model)
+    monkeypatch.setattr(ReluGlobalAvgPool, "forward", _two_module_relu_pool)
+    # The head conv's output, 8 x 1280 x 4 x 4 at 32 px: kept as float32 by the ReLU, as bool here.
+    assert saved_bytes(model) - masked == (4 - 1) * 8 * 1280 * 4 * 4

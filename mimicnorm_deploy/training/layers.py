@@ -145,6 +145,37 @@ class _ScaledConv2d(torch.autograd.Function):
         return grad_x, grad_scaled_weight * scale, grad_scaled_bias * scale, grad_scale, None, None, None, None
 
 
+class ReluGlobalAvgPool(nn.Module):
+    """ReLU, then the mean over H and W: (N, C, H, W) -> (N, C), keeping a 1-byte sign mask for backward.
+
+    Written as nn.ReLU then nn.AdaptiveAvgPool2d, autograd keeps the ReLU's whole float output,
+    and only for its sign (the pool's backward needs no values). A head conv that feeds the pool
+    alone ends MobileNetV2 and ShuffleNetV2 under every norm, so this cuts 3 of every 4 bytes of
+    that tensor from both twins alike. The output and the gradient are those of the two-module
+    form. Outside training (evaluation, freezing, export) it runs as the two modules would, so
+    exported graphs keep their Relu and GlobalAveragePool.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            return _ReluGlobalAvgPool.apply(x)
+        return nn.functional.adaptive_avg_pool2d(nn.functional.relu(x), 1).flatten(1)
+
+
+class _ReluGlobalAvgPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x > 0)
+        return nn.functional.adaptive_avg_pool2d(nn.functional.relu(x), 1).flatten(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (positive,) = ctx.saved_tensors
+        height, width = positive.shape[-2:]
+        return (grad / (height * width))[:, :, None, None] * positive
+
+
 def residual_scalar_init(convs_in_branch: int, block_index: int) -> float:
     """1.2**m / k: m convs in the branch, k the 1-based index of the block over the network."""
     return 1.2**convs_in_branch / block_index

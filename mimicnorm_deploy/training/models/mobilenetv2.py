@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_, scaled_conv
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, ReluGlobalAvgPool, init_model_, scaled_conv
 from mimicnorm_deploy.training.models.registry import register_model
 
 # (expansion t, output channels c, blocks n, stride s) per stage, as in the paper (ImageNet).
@@ -78,14 +78,14 @@ class MobileNetV2(NormClassifier):
         self.blocks = nn.Sequential(*blocks)
         head_width = make_divisible(HEAD_WIDTH * max(1.0, width))
         self.head = ConvNorm(channels, head_width, 1, 1, norm)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = ReluGlobalAvgPool()
         self.add_classifier(head_width, num_classes)
         # The authors floor the per-group fan-in at 2 for MobileNetV2 (depthwise: 2 * 9, not 9).
         init_model_(self, norm, variance_gain=2.0, min_in_per_group=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.relu(self.stem(self.input_norm(x))))
-        x = self.pool(self.relu(self.head(x))).flatten(1)
+        x = self.pool(self.head(x))
         return self.logits_norm(self.fc(x))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, init_model_, scaled_conv
+from mimicnorm_deploy.training.layers import ConvNorm, Norm, NormClassifier, ReluGlobalAvgPool, init_model_, scaled_conv
 from mimicnorm_deploy.training.models.registry import register_model
 
 STEM_WIDTH = 24
@@ -79,14 +79,14 @@ class ShuffleNetV2(NormClassifier):
         self.stages = nn.Sequential(*stages)
         self.head = ConvNorm(channels, head_width, 1, 1, norm)
         self.head_scale = norm.scalar(SCALAR_BASE)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = ReluGlobalAvgPool()
         self.add_classifier(head_width, num_classes)
         # The authors' init: variance 2 / (k * k * max(4, in / groups)).
         init_model_(self, norm, variance_gain=2.0, min_in_per_group=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem_pool(self.relu(self.stem(self.input_norm(x)))))
-        x = self.pool(self.relu(scaled_conv(self.head, self.head_scale, x))).flatten(1)
+        x = self.pool(scaled_conv(self.head, self.head_scale, x))
         return self.logits_norm(self.fc(x))
 
 
