@@ -120,16 +120,18 @@ def test_scalars_folded_into_the_forward_give_the_straightforward_loss_and_gradi
         torch.testing.assert_close(grad, reference_grads[name], rtol=1e-8, atol=1e-8)
 
 
-def test_scalars_folded_into_the_forward_do_not_keep_branch_outputs():
-    def saved_bytes(model: nn.Module) -> int:
-        return activation_bytes_saved_for_backward(model, torch.rand(8, 1, 32, 32), torch.randint(0, 4, (8,)))["bytes"]
+def _saved_bytes(model: nn.Module) -> int:
+    """Bytes autograd keeps in one step of `model` on 8 one-channel 32 px images, 4 classes."""
+    return activation_bytes_saved_for_backward(model, torch.rand(8, 1, 32, 32), torch.randint(0, 4, (8,)))["bytes"]
 
+
+def test_scalars_folded_into_the_forward_do_not_keep_branch_outputs():
     torch.manual_seed(0)
     model = create_model("resnet20", norm="mimic", num_classes=4)
-    folded = saved_bytes(model)
+    folded = _saved_bytes(model)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ResidualScalar, "conv_forward", lambda self, conv, x: self(conv(x)))
-        straightforward = saved_bytes(model)
+        straightforward = _saved_bytes(model)
     # Nine basic blocks, each branch output 8 x C x H x W float32 (C * H * W = 16384, 8192, 4096):
     # none of them is kept any more, and nothing (no scaled weight copy) is kept in their place.
     assert straightforward - folded == 4 * 8 * 3 * (16 * 32 * 32 + 32 * 16 * 16 + 64 * 8 * 8)
@@ -203,12 +205,9 @@ def test_relu_global_avg_pool_head_gives_the_two_module_loss_and_gradients(arch,
 
 @pytest.mark.parametrize("norm", ["mimic", "bn"])
 def test_relu_global_avg_pool_head_keeps_a_byte_per_value_instead_of_four(norm, monkeypatch):
-    def saved_bytes(model: nn.Module) -> int:
-        return activation_bytes_saved_for_backward(model, torch.rand(8, 1, 32, 32), torch.randint(0, 4, (8,)))["bytes"]
-
     torch.manual_seed(0)
     model = create_model("mobilenetv2_050", norm=norm, num_classes=4)
-    masked = saved_bytes(model)
+    masked = _saved_bytes(model)
     monkeypatch.setattr(ReluGlobalAvgPool, "forward", _two_module_relu_pool)
     # The head conv's output, 8 x 1280 x 4 x 4 at 32 px: kept as float32 by the ReLU, as bool here.
-    assert saved_bytes(model) - masked == (4 - 1) * 8 * 1280 * 4 * 4
+    assert _saved_bytes(model) - masked == (4 - 1) * 8 * 1280 * 4 * 4

@@ -159,14 +159,18 @@ class ReluGlobalAvgPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
             return _ReluGlobalAvgPool.apply(x)
-        return nn.functional.adaptive_avg_pool2d(nn.functional.relu(x), 1).flatten(1)
+        return _relu_global_avg_pool(x)
+
+
+def _relu_global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.adaptive_avg_pool2d(nn.functional.relu(x), 1).flatten(1)
 
 
 class _ReluGlobalAvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x > 0)
-        return nn.functional.adaptive_avg_pool2d(nn.functional.relu(x), 1).flatten(1)
+        return _relu_global_avg_pool(x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
