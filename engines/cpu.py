@@ -57,16 +57,11 @@ class CpuFeatures:
         }
 
 
-def cpu_features(cpuinfo_text: str | None = None, machine: str | None = None) -> CpuFeatures:
-    """Parse /proc/cpuinfo (or `cpuinfo_text`); `machine` overrides platform.machine().
-
-    Where /proc/cpuinfo does not exist (macOS, Windows) the flags are empty, so the CPU counts as
-    having no INT8 dot product: the cautious answer.
-    """
-    this_machine = cpuinfo_text is None
+def _cpuinfo_fields(cpuinfo_text: str | None) -> dict[str, str]:
+    """The first core's `key: value` lines of /proc/cpuinfo (or `cpuinfo_text`), keys lower-cased;
+    empty where the file does not exist."""
     if cpuinfo_text is None:
         cpuinfo_text = CPUINFO_PATH.read_text(errors="replace") if CPUINFO_PATH.is_file() else ""
-    arch = (machine or platform.machine()).lower()
     fields: dict[str, str] = {}
     for line in cpuinfo_text.splitlines():
         key, sep, value = line.partition(":")
@@ -74,6 +69,18 @@ def cpu_features(cpuinfo_text: str | None = None, machine: str | None = None) ->
         # Every core repeats the block; the first core's values stand for all of them.
         if sep and key not in fields:
             fields[key] = value.strip()
+    return fields
+
+
+def cpu_features(cpuinfo_text: str | None = None, machine: str | None = None) -> CpuFeatures:
+    """Parse /proc/cpuinfo (or `cpuinfo_text`); `machine` overrides platform.machine().
+
+    Where /proc/cpuinfo does not exist (macOS, Windows) the flags are empty, so the CPU counts as
+    having no INT8 dot product: the cautious answer.
+    """
+    this_machine = cpuinfo_text is None
+    fields = _cpuinfo_fields(cpuinfo_text)
+    arch = (machine or platform.machine()).lower()
     present = set((fields.get("flags") or fields.get("features") or "").split())
     # x86 names the CPU in "model name"; ARM kernels often have no such line, only "Hardware"
     # (SoC) or, on old ones, "Processor".
@@ -110,3 +117,24 @@ def cpu_fingerprint(device: dict) -> str:
     CPU model."""
     dot = "with" if device.get("int8_dot_product") else "without"
     return f"{device.get('arch', '?')} CPU {dot} INT8 dot product"
+
+
+def cpu_kind(cpuinfo_text: str | None = None, machine: str | None = None) -> str:
+    """The CPU's name, micro-architecture (x86: family and model; ARM: implementer and part) and
+    relevant flags, e.g. "AMD EPYC, x86_64 family 25 model 1, avx2".
+
+    CPU training is not bit-reproducible across micro-architectures (vector widths change the
+    summation order), so a result that compares runs (scripts/parity_study.py) records this and
+    compares only runs of one kind. Cloud CPUs often hide the exact model behind "AMD EPYC": the
+    family and model numbers still tell Milan (25/1) from Genoa (25/17).
+    """
+    fields = _cpuinfo_fields(cpuinfo_text)
+    features = cpu_features(cpuinfo_text, machine)
+    if "cpu family" in fields:
+        micro = f"family {fields['cpu family']} model {fields.get('model', '?')}"
+    elif "cpu part" in fields:
+        micro = f"implementer {fields.get('cpu implementer', '?')} part {fields['cpu part']}"
+    else:
+        micro = "micro-architecture unknown"
+    flags = " ".join(features.flags) or "no relevant flags"
+    return f"{features.model_name}, {features.arch} {micro}, {flags}"

@@ -4,6 +4,7 @@
     python scripts/parity_study.py [--out runs/parity] [--archs resnet20,mobilenetv2_050]
         [--norms mimic,bn,bn-revisited] [--epochs 1.8,5,10,20] [--seeds 0,1] [--augment]
         [--warmup-epochs 0.3] [--lr 0.1] [--dataset fashion-mnist] [--data-dir DIR] [--summary-only]
+        [--record docs/parity_runs.json | --from-record docs/parity_runs.json [--cpu KIND]]
 
 Every point is its own run: a cosine schedule's accuracy after 5 of 20 epochs says nothing about a
 5-epoch schedule. The recipe is the study's (scripts/int8_study.py, docs/BENCHMARKS.md section 4):
@@ -24,13 +25,21 @@ study can be stopped at any time (Ctrl-C loses at most the epoch in progress) an
 with the same command. `--summary-only` trains nothing and tabulates what is there.
 
 Results: `<out>/parity.json` (every finished run: final test accuracy, the best epoch's, per-epoch
-accuracies; per arch the pooled seed-to-seed sd) and `<out>/parity.md` (per point: mean over seeds,
-each seed, and each norm minus BN with a 95 % interval), rewritten after every run.
+test and training accuracies; per arch the pooled seed-to-seed sd) and `<out>/parity.md` (per point:
+mean over seeds, each seed, and each norm minus BN with a 95 % interval), rewritten after every run.
+
+Kept across machines: each run directory records the CPU kind it trains on (`host.json`;
+engines.cpu.cpu_kind), and a run is only resumed on that kind, since CPU training is not
+bit-reproducible across micro-architectures. `--record docs/parity_runs.json` merges every finished
+run (recipe, CPU kind, torch, accuracies) into a file kept in the repository, so a study that takes
+longer than a machine lives grows run by run; `--from-record docs/parity_runs.json` tabulates from
+that file instead of run directories, one CPU kind at a time (`--cpu`, default this machine's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -43,12 +52,14 @@ sys.path.insert(0, str(ROOT))
 
 from engines.artifacts import atomic_write_text, read_json, write_json  # noqa: E402
 from engines.errors import UserError  # noqa: E402
-from engines.schemas import PARITY_STUDY, TRAIN_REPORT  # noqa: E402
+from engines.schemas import PARITY_RECORD, PARITY_RUN_HOST, PARITY_STUDY, TRAIN_REPORT  # noqa: E402
 
 # The fields of a run's recorded config that define the recipe; a run only joins a point if all match.
 RECIPE_FIELDS = ("arch", "norm", "epochs", "seed", "batch_size", "lr", "momentum", "weight_decay",
                  "warmup_epochs", "schedule", "augment", "max_steps_per_epoch")  # fmt: skip
+IDENTITY_FIELDS = ("arch", "norm", "epochs", "seed")  # which point a run is; the other recipe fields: how trained
 REFERENCE_NORM = "bn"
+HOST_FILE = "host.json"
 
 
 def run_dir(out: Path, arch: str, norm: str, epochs: float, seed: int) -> Path:
@@ -94,6 +105,29 @@ def check_names(archs: list[str], norms: list[str]) -> None:
                         f"and the norms {', '.join(NORMS)}")  # fmt: skip
 
 
+def this_host() -> dict:
+    import torch
+
+    from engines.cpu import cpu_kind
+
+    return {"cpu": cpu_kind(), "torch": torch.__version__}
+
+
+def check_host(directory: Path, host: dict) -> None:
+    """Record the CPU kind a new run trains on; refuse to resume a run started on another kind
+    (its epochs would mix two kinds' arithmetic)."""
+    path = directory / HOST_FILE
+    if not path.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(path, *PARITY_RUN_HOST, host)
+        return
+    started_on = read_json(path, *PARITY_RUN_HOST)
+    if (started_on["cpu"], started_on["torch"]) != (host["cpu"], host["torch"]):
+        raise UserError(f"{directory} started on {started_on['cpu']} with torch {started_on['torch']}, this "
+                        f"machine is {host['cpu']} with torch {host['torch']}; "
+                        "finish it there or pass another --out")  # fmt: skip
+
+
 def train_missing(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> None:
     from mimicnorm_deploy.stages import train_stage
     from mimicnorm_deploy.training.data import load_dataset
@@ -101,6 +135,7 @@ def train_missing(args: argparse.Namespace, out: Path, points: list[tuple[str, s
 
     check_names(args.archs, args.norms)
     dataset = load_dataset(args.dataset, args.data_dir)
+    host = this_host()
     for number, (arch, norm, epochs, seed) in enumerate(points, 1):
         directory = run_dir(out, arch, norm, epochs, seed)
         config = train_config(args, arch, norm, epochs, seed)
@@ -109,6 +144,7 @@ def train_missing(args: argparse.Namespace, out: Path, points: list[tuple[str, s
         if (directory / TRAIN_REPORT_FILE).is_file():
             print(f"{tag} done before, read", flush=True)
             continue
+        check_host(directory, host)
         resume = (directory / TRAIN_STATE_FILE).is_file()
         print(f"{tag} {'resumed' if resume else 'started'}", flush=True)
         started = time.perf_counter()
@@ -123,7 +159,8 @@ def run_result(directory: Path) -> dict | None:
     if report is None:
         return None
     return {"final_accuracy": report["final_test_accuracy"], "best_accuracy": report["best_test_accuracy"],
-            "epoch_accuracies": [epoch["test_accuracy"] for epoch in report["epochs"]]}  # fmt: skip
+            "epoch_accuracies": [epoch["test_accuracy"] for epoch in report["epochs"]],
+            "epoch_train_accuracies": [epoch["train_accuracy"] for epoch in report["epochs"]]}  # fmt: skip
 
 
 def collect(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> list[dict]:
@@ -135,6 +172,58 @@ def collect(args: argparse.Namespace, out: Path, points: list[tuple[str, str, fl
         result = run_result(directory)
         if result is not None:
             rows.append({"arch": arch, "norm": norm, "epochs": epochs, "seed": seed, **result})
+    return rows
+
+
+def recipe_of(config: dict, dataset: str) -> dict:
+    """How a run was trained, apart from which point it is."""
+    return {**{f: config[f] for f in RECIPE_FIELDS if f not in IDENTITY_FIELDS}, "dataset": dataset}
+
+
+def record_key(run: dict) -> tuple:
+    return (*(run[f] for f in IDENTITY_FIELDS), json.dumps(run["recipe"], sort_keys=True), run["cpu"])
+
+
+def read_record(path: Path) -> list[dict]:
+    return read_json(path, *PARITY_RECORD)["runs"] if path.is_file() else []
+
+
+def record_runs(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]], path: Path) -> int:
+    """Merge every finished run of `points` under `out` into the record file (a run recorded
+    before, same point, recipe and CPU kind, is replaced); returns how many runs were merged."""
+    merged = {record_key(run): run for run in read_record(path)}
+    count = 0
+    for arch, norm, epochs, seed in points:
+        directory = run_dir(out, arch, norm, epochs, seed)
+        result, report = run_result(directory), train_report(directory)
+        if result is None or report is None:
+            continue
+        if not (directory / HOST_FILE).is_file():
+            raise UserError(f"{directory} has no {HOST_FILE}, so the CPU it trained on is unknown (trained before "
+                            f"the driver recorded it); leave it out of --record or retrain it")  # fmt: skip
+        host = read_json(directory / HOST_FILE, *PARITY_RUN_HOST)
+        run = {"arch": arch, "norm": norm, "epochs": epochs, "seed": seed,
+               "recipe": recipe_of(report["config"], args.dataset), "cpu": host["cpu"], "torch": host["torch"],
+               "train_minutes": round(sum(e["epoch_seconds"] for e in report["epochs"]) / 60, 1), **result}  # fmt: skip
+        merged[record_key(run)] = run
+        count += 1
+    runs = [merged[key] for key in sorted(merged)]
+    write_json(path, *PARITY_RECORD, {"runs": runs})
+    return count
+
+
+def rows_from_record(args: argparse.Namespace, points: list[tuple[str, str, float, int]]) -> list[dict]:
+    """The recorded runs of `points` trained with the asked recipe on CPU kind `args.cpu`."""
+    runs = read_json(args.from_record, *PARITY_RECORD)["runs"]
+    wanted = set(points)
+    recipe = recipe_of(asdict(train_config(args, *points[0])), args.dataset)
+    same_recipe = [run for run in runs if run["recipe"] == recipe and tuple(run[f] for f in IDENTITY_FIELDS) in wanted]
+    fields = (*IDENTITY_FIELDS, "final_accuracy", "best_accuracy", "epoch_accuracies", "epoch_train_accuracies")
+    rows = [{f: run[f] for f in fields} for run in same_recipe if run["cpu"] == args.cpu]
+    if same_recipe and not rows:
+        kinds = "; ".join(sorted({run["cpu"] for run in same_recipe}))
+        raise UserError(f"{args.from_record} holds no run of these points on {args.cpu}; "
+                        f"pass --cpu with one of: {kinds}")  # fmt: skip
     return rows
 
 
@@ -225,12 +314,15 @@ def summarize(rows: list[dict]) -> str:
 
 
 def write_results(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> str:
-    rows = collect(args, out, points)
+    rows = rows_from_record(args, points) if args.from_record else collect(args, out, points)
     table = summarize(rows)
     noise = {arch: None if sd_df is None else {"sd_points": sd_df[0], "df": sd_df[1]}
              for arch, sd_df in seed_noise(points_by_norm(rows)).items()}  # fmt: skip
     write_json(out / "parity.json", *PARITY_STUDY, {"rows": rows, "seed_noise": noise})
     atomic_write_text(out / "parity.md", table)
+    if args.record:
+        count = record_runs(args, out, points, args.record)
+        print(f"recorded {count} finished run(s) in {args.record}", flush=True)
     return table
 
 
@@ -259,6 +351,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps-per-epoch", type=int, default=0, help="0 = the whole training split "
                         "(fewer: a quick look, not the study)")  # fmt: skip
     parser.add_argument("--summary-only", action="store_true", help="train nothing; tabulate the finished runs")
+    parser.add_argument("--record", type=Path, help="merge every finished run (recipe, CPU kind, accuracies) into "
+                        "this file, e.g. docs/parity_runs.json, the study's record kept in the repository")  # fmt: skip
+    parser.add_argument("--from-record", type=Path, help="train nothing; tabulate the runs of this record file "
+                        "instead of the run directories under --out")  # fmt: skip
+    parser.add_argument("--cpu", help="with --from-record: the CPU kind whose runs to tabulate (default: this "
+                        "machine's, e.g. 'AMD EPYC, x86_64 family 25 model 1, avx2')")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         args.epochs = [float(e) for e in args.epochs.split(",")]
@@ -268,6 +366,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(e <= 0 for e in args.epochs) or args.lr <= 0 or any(s < 0 for s in args.seeds) or args.warmup_epochs < 0:
         parser.error("--epochs and --lr must be positive, --seeds and --warmup-epochs non-negative")
     args.archs, args.norms = args.archs.split(","), args.norms.split(",")
+    if args.from_record and args.record:
+        parser.error("--from-record reads a record and --record writes one: pass one of them")
+    if args.cpu and not args.from_record:
+        parser.error("--cpu chooses whose recorded runs to tabulate: pass it with --from-record")
+    if args.from_record and not args.cpu:
+        from engines.cpu import cpu_kind
+
+        args.cpu = cpu_kind()
     return args
 
 
@@ -276,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     points = study_points(args)
     try:
-        if not args.summary_only:
+        if not (args.summary_only or args.from_record):
             train_missing(args, out, points)
         table = write_results(args, out, points)
     except UserError as exc:

@@ -1,4 +1,4 @@
-from engines.cpu import cpu_device, cpu_features, needs_reduce_range
+from engines.cpu import cpu_device, cpu_features, cpu_kind, needs_reduce_range
 
 # Two cores of an AVX2-only server (like the machines this project was prototyped on).
 AVX2_CPUINFO = """\
@@ -98,3 +98,27 @@ def test_to_dict_and_this_machine():
     device = cpu_device()
     assert device["name"] == "cpu"
     assert device["int8_dot_product"] == cpu_features().int8_dot_product
+
+
+# Two cloud EPYCs that both call themselves "AMD EPYC": Milan (Zen 3, AVX2) and Genoa (Zen 4, AVX-512).
+MILAN_CPUINFO = """\
+processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx avx2 fma
+"""
+GENOA_CPUINFO = MILAN_CPUINFO.replace("model\t\t: 1", "model\t\t: 17").replace("avx2 fma", "avx2 avx512f avx512_vnni")
+
+
+def test_cpu_kind_tells_apart_cpus_that_share_a_name():
+    milan, genoa = cpu_kind(MILAN_CPUINFO, machine="x86_64"), cpu_kind(GENOA_CPUINFO, machine="x86_64")
+    assert milan == "AMD EPYC, x86_64 family 25 model 1, avx2"
+    assert genoa == "AMD EPYC, x86_64 family 25 model 17, avx2 avx512f avx512_vnni"
+
+
+def test_cpu_kind_of_an_arm_cpu_names_its_implementer_and_part():
+    assert cpu_kind(ORIN_CPUINFO, machine="aarch64") == "unknown, aarch64 implementer 0x41 part 0xd42, asimddp"
+    assert cpu_kind(NANO_CPUINFO, machine="aarch64") == (
+        "ARMv8 Processor rev 1 (v8l), aarch64 micro-architecture unknown, no relevant flags")

@@ -5,8 +5,9 @@ import math
 
 from script_loader import load_script
 
-from engines.artifacts import read_json
-from engines.schemas import PARITY_STUDY
+from engines.artifacts import read_json, write_json
+from engines.cpu import cpu_kind
+from engines.schemas import PARITY_RECORD, PARITY_RUN_HOST, PARITY_STUDY
 
 QUICK = ["--dataset", "synthetic", "--archs", "resnet20", "--norms", "mimic,bn", "--seeds", "0",
          "--max-steps-per-epoch", "2"]  # fmt: skip
@@ -92,3 +93,62 @@ def test_t_quantiles_match_the_published_table():
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 6: 2.447, 10: 2.228, 30: 2.042, 120: 1.980}
     for df, quantile in table.items():
         assert abs(study.t_quantile_975(df) - quantile) < 0.004, df
+
+
+def test_the_record_keeps_finished_runs_with_their_cpu_kind_and_tabulates_like_the_run_directories(tmp_path, capsys):
+    study = load_script("parity_study")
+    out, record = tmp_path / "parity", tmp_path / "parity_runs.json"
+    assert study.main([*QUICK, "--epochs", "1", "--out", str(out), "--record", str(record)]) == 0
+    runs = read_json(record, *PARITY_RECORD)["runs"]
+    assert [(r["norm"], r["epochs"], r["seed"]) for r in runs] == [("bn", 1.0, 0), ("mimic", 1.0, 0)]
+    assert {r["cpu"] for r in runs} == {cpu_kind()} and all(r["recipe"]["dataset"] == "synthetic" for r in runs)
+    assert all(r["epoch_accuracies"] == [r["final_accuracy"]] and len(r["epoch_train_accuracies"]) == 1 for r in runs)
+    # Recorded again (resumed study): merged, not duplicated.
+    assert study.main([*QUICK, "--epochs", "1", "--out", str(out), "--record", str(record)]) == 0
+    assert read_json(record, *PARITY_RECORD)["runs"] == runs
+
+    # Another machine, no run directories: the record alone gives the same table.
+    elsewhere = tmp_path / "elsewhere"
+    assert study.main([*QUICK, "--epochs", "1", "--out", str(elsewhere), "--from-record", str(record)]) == 0
+    assert (elsewhere / "parity.md").read_text() == (out / "parity.md").read_text()
+    assert not (elsewhere / "resnet20").exists()  # nothing was trained
+    capsys.readouterr()
+
+    # Runs of another CPU kind are tabulated apart, never beside this machine's.
+    runs[0]["cpu"] = "Other CPU, x86_64 family 6 model 85, avx2 avx512f"
+    write_json(record, *PARITY_RECORD, {"runs": runs})
+    assert study.main([*QUICK, "--epochs", "1", "--out", str(elsewhere), "--from-record", str(record)]) == 0
+    assert "bn %" not in (elsewhere / "parity.md").read_text()  # only this machine's MimicNorm run
+    other = ["--cpu", runs[0]["cpu"]]
+    assert study.main([*QUICK, "--epochs", "1", "--out", str(elsewhere), "--from-record", str(record), *other]) == 0
+    assert "mimic %" not in (elsewhere / "parity.md").read_text()
+    capsys.readouterr()
+    write_json(record, *PARITY_RECORD, {"runs": runs[:1]})
+    assert study.main([*QUICK, "--epochs", "1", "--out", str(elsewhere), "--from-record", str(record)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"pass --cpu with one of: {runs[0]['cpu']}" in error
+
+
+def test_a_run_started_on_another_cpu_kind_is_not_resumed_here(tmp_path, capsys):
+    study = load_script("parity_study")
+    out = tmp_path / "parity"
+    directory = study.run_dir(out, "resnet20", "mimic", 1.0, 0)
+    directory.mkdir(parents=True)
+    other_host = {"cpu": "Other CPU, x86_64 family 6 model 85", "torch": "2.13.0"}
+    write_json(directory / "host.json", *PARITY_RUN_HOST, other_host)
+    assert study.main([*QUICK, "--norms", "mimic", "--epochs", "1", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "started on Other CPU, x86_64 family 6 model 85 with torch 2.13.0" in error
+    assert not (directory / "train_report.json").exists()
+
+
+def test_a_run_without_its_cpu_kind_is_not_recorded(tmp_path, capsys):
+    study = load_script("parity_study")
+    out, record = tmp_path / "parity", tmp_path / "parity_runs.json"
+    assert study.main([*QUICK, "--norms", "mimic", "--epochs", "1", "--out", str(out)]) == 0
+    (study.run_dir(out, "resnet20", "mimic", 1.0, 0) / "host.json").unlink()  # as trained before host.json existed
+    capsys.readouterr()
+    assert study.main([*QUICK, "--norms", "mimic", "--epochs", "1", "--out", str(out), "--record", str(record)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "has no host.json, so the CPU it trained on is unknown" in error
+    assert not record.exists()
