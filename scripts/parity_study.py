@@ -313,9 +313,27 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+def summarize_fit(rows: list[dict]) -> str:
+    """Per arch and length: each norm's training accuracy over the last epoch, mean over seeds. Set
+    beside the test accuracies it tells underfitting (both lower) from overfitting."""
+    fit: dict[tuple[str, float], dict[str, list[float]]] = {}
+    for row in rows:
+        last_epoch = 100 * row["epoch_train_accuracies"][-1]
+        fit.setdefault((row["arch"], row["epochs"]), {}).setdefault(row["norm"], []).append(last_epoch)
+    norms = sorted({row["norm"] for row in rows}, key=lambda n: (n != "mimic", n))
+    lines = ["| arch | epochs | " + " | ".join(f"{n} training %" for n in norms) + " |",
+             "|" + "---|" * (2 + len(norms))]  # fmt: skip
+    for (arch, epochs), per_norm in sorted(fit.items()):
+        cells = [f"{statistics.mean(per_norm[n]):.2f}" if n in per_norm else "" for n in norms]
+        lines.append(f"| {arch} | {epochs:g} | " + " | ".join(cells) + " |")
+    note = ("Training accuracy over the last epoch as it ran (mean over seeds; without augmentation the same "
+            "images every epoch).")  # fmt: skip
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
 def write_results(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> str:
     rows = rows_from_record(args, points) if args.from_record else collect(args, out, points)
-    table = summarize(rows)
+    table = summarize(rows) + ("\n" + summarize_fit(rows) if rows else "")
     noise = {arch: None if sd_df is None else {"sd_points": sd_df[0], "df": sd_df[1]}
              for arch, sd_df in seed_noise(points_by_norm(rows)).items()}  # fmt: skip
     write_json(out / "parity.json", *PARITY_STUDY, {"rows": rows, "seed_noise": noise})

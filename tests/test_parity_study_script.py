@@ -88,6 +88,15 @@ def test_a_difference_outside_the_seed_noise_is_bold_and_one_seed_everywhere_giv
     assert one_seed[2].endswith("| -2.00 |") and "resnet20: no point with two seeds" in one_seed[4]
 
 
+def test_the_fit_table_gives_each_norms_last_epoch_training_accuracy_averaged_over_seeds():
+    study = load_script("parity_study")
+    rows = [{"arch": "resnet20", "epochs": 5.0, "norm": norm, "seed": seed, "epoch_train_accuracies": [0.5, last]}
+            for norm, seed, last in (("bn", 0, 0.95), ("bn", 1, 0.96), ("mimic", 0, 0.93))]  # fmt: skip
+    lines = study.summarize_fit(rows).splitlines()
+    assert lines[0] == "| arch | epochs | mimic training % | bn training % |"
+    assert lines[2] == "| resnet20 | 5 | 93.00 | 95.50 |"
+
+
 def test_t_quantiles_match_the_published_table():
     study = load_script("parity_study")
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 6: 2.447, 10: 2.228, 30: 2.042, 120: 1.980}
