@@ -25,8 +25,9 @@ study can be stopped at any time (Ctrl-C loses at most the epoch in progress) an
 with the same command. `--summary-only` trains nothing and tabulates what is there.
 
 Results: `<out>/parity.json` (every finished run: final test accuracy, the best epoch's, per-epoch
-test and training accuracies; per arch the pooled seed-to-seed sd) and `<out>/parity.md` (per point:
-mean over seeds, each seed, and each norm minus BN with a 95 % interval), rewritten after every run.
+test and training accuracies; per arch the pooled seed-to-seed sd), `<out>/parity.md` (per point:
+mean over seeds, each seed, and each norm minus BN with a 95 % interval; then the last epoch's
+training accuracy) and `<out>/parity.png` (the accuracy-vs-length curves), rewritten after every run.
 
 Kept across machines: each run directory records the CPU kind it trains on (`host.json`;
 engines.cpu.cpu_kind), and a run is only resumed on that kind, since CPU training is not
@@ -50,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines.artifacts import atomic_write_text, read_json, write_json  # noqa: E402
+from engines.artifacts import atomic_path, atomic_write_text, read_json, write_json  # noqa: E402
 from engines.errors import UserError  # noqa: E402
 from engines.schemas import PARITY_RECORD, PARITY_RUN_HOST, PARITY_STUDY, TRAIN_REPORT  # noqa: E402
 
@@ -331,6 +332,47 @@ def summarize_fit(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+def curves(rows: list[dict]) -> dict[str, dict[str, list[tuple[float, float, list[float]]]]]:
+    """arch -> norm -> (schedule length, mean final test accuracy %, each seed's) by length."""
+    by_arch: dict[str, dict[str, list[tuple[float, float, list[float]]]]] = {}
+    for (arch, epochs), per_norm in sorted(points_by_norm(rows).items()):
+        for norm, seeds in per_norm.items():
+            values = [seeds[k] for k in sorted(seeds)]
+            by_arch.setdefault(arch, {}).setdefault(norm, []).append((epochs, statistics.mean(values), values))
+    return by_arch
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Final test accuracy against schedule length, one panel per arch: a line through each norm's
+    seed means, a dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_arch = curves(rows)
+    figure, axes = plt.subplots(1, len(by_arch), figsize=(5 * len(by_arch), 4), squeeze=False)
+    for axis, (arch, per_norm) in zip(axes[0], by_arch.items(), strict=True):
+        for norm in sorted(per_norm, key=lambda n: (n != "mimic", n)):
+            points = per_norm[norm]
+            line = axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=norm)[0]
+            for epochs, _, seeds in points:
+                axis.plot([epochs] * len(seeds), seeds, ".", color=line.get_color(), alpha=0.5)
+        axis.set_xscale("log")
+        lengths = sorted({p[0] for points in per_norm.values() for p in points})
+        axis.set_xticks(lengths, [f"{e:g}" for e in lengths])
+        axis.minorticks_off()
+        axis.set_xlabel("schedule length (epochs)")
+        axis.set_ylabel("final test accuracy %")
+        axis.set_title(arch, fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
 def write_results(args: argparse.Namespace, out: Path, points: list[tuple[str, str, float, int]]) -> str:
     rows = rows_from_record(args, points) if args.from_record else collect(args, out, points)
     table = summarize(rows) + ("\n" + summarize_fit(rows) if rows else "")
@@ -338,6 +380,8 @@ def write_results(args: argparse.Namespace, out: Path, points: list[tuple[str, s
              for arch, sd_df in seed_noise(points_by_norm(rows)).items()}  # fmt: skip
     write_json(out / "parity.json", *PARITY_STUDY, {"rows": rows, "seed_noise": noise})
     atomic_write_text(out / "parity.md", table)
+    if rows:
+        plot_curves(rows, out / "parity.png")
     if args.record:
         count = record_runs(args, out, points, args.record)
         print(f"recorded {count} finished run(s) in {args.record}", flush=True)

@@ -97,6 +97,18 @@ def test_the_fit_table_gives_each_norms_last_epoch_training_accuracy_averaged_ov
     assert lines[2] == "| resnet20 | 5 | 93.00 | 95.50 |"
 
 
+def test_the_curves_run_through_each_norms_seed_means_by_schedule_length(tmp_path):
+    study = load_script("parity_study")
+    rows = [{"arch": "resnet20", "epochs": epochs, "norm": norm, "seed": seed, "final_accuracy": accuracy}
+            for epochs, norm, seed, accuracy in ((5.0, "bn", 1, 0.92), (1.8, "bn", 0, 0.90), (5.0, "bn", 0, 0.91),
+                                                 (1.8, "mimic", 0, 0.89))]  # fmt: skip
+    curves = study.curves(rows)
+    assert curves == {"resnet20": {"bn": [(1.8, 90.0, [90.0]), (5.0, 91.5, [91.0, 92.0])],
+                                   "mimic": [(1.8, 89.0, [89.0])]}}  # fmt: skip
+    study.plot_curves(rows, tmp_path / "parity.png")
+    assert (tmp_path / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_t_quantiles_match_the_published_table():
     study = load_script("parity_study")
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 6: 2.447, 10: 2.228, 30: 2.042, 120: 1.980}
