@@ -157,8 +157,10 @@ def train_missing(args: argparse.Namespace, out: Path, points: list[tuple[str, s
 def run_result(directory: Path) -> dict | None:
     """A finished run's accuracies, or None while it is unfinished."""
     report = train_report(directory)
-    if report is None:
-        return None
+    return None if report is None else accuracies(report)
+
+
+def accuracies(report: dict) -> dict:
     return {"final_accuracy": report["final_test_accuracy"], "best_accuracy": report["best_test_accuracy"],
             "epoch_accuracies": [epoch["test_accuracy"] for epoch in report["epochs"]],
             "epoch_train_accuracies": [epoch["train_accuracy"] for epoch in report["epochs"]]}  # fmt: skip
@@ -196,8 +198,8 @@ def record_runs(args: argparse.Namespace, out: Path, points: list[tuple[str, str
     count = 0
     for arch, norm, epochs, seed in points:
         directory = run_dir(out, arch, norm, epochs, seed)
-        result, report = run_result(directory), train_report(directory)
-        if result is None or report is None:
+        report = train_report(directory)
+        if report is None:
             continue
         if not (directory / HOST_FILE).is_file():
             raise UserError(f"{directory} has no {HOST_FILE}, so the CPU it trained on is unknown (trained before "
@@ -205,7 +207,8 @@ def record_runs(args: argparse.Namespace, out: Path, points: list[tuple[str, str
         host = read_json(directory / HOST_FILE, *PARITY_RUN_HOST)
         run = {"arch": arch, "norm": norm, "epochs": epochs, "seed": seed,
                "recipe": recipe_of(report["config"], args.dataset), "cpu": host["cpu"], "torch": host["torch"],
-               "train_minutes": round(sum(e["epoch_seconds"] for e in report["epochs"]) / 60, 1), **result}  # fmt: skip
+               "train_minutes": round(sum(e["epoch_seconds"] for e in report["epochs"]) / 60, 1),
+               **accuracies(report)}  # fmt: skip
         merged[record_key(run)] = run
         count += 1
     runs = [merged[key] for key in sorted(merged)]
