@@ -2,6 +2,8 @@
 studies that read what is finished, and a study that refuses to mix recipes."""
 
 import math
+from dataclasses import asdict
+from pathlib import Path
 
 from script_loader import load_script
 
@@ -173,3 +175,28 @@ def test_a_run_without_its_cpu_kind_is_not_recorded(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "has no host.json, so the CPU it trained on is unknown" in error
     assert not record.exists()
+
+
+def test_the_committed_record_tabulates_for_every_cpu_kind_it_holds(tmp_path):
+    """docs/parity_runs.json, the study's runs kept in the repository: every run complete, none
+    twice, and the tables docs/BENCHMARKS.md quotes rebuilt from it, one CPU kind at a time."""
+    study = load_script("parity_study")
+    record = Path(__file__).resolve().parent.parent / "docs" / "parity_runs.json"
+    runs = read_json(record, *PARITY_RECORD)["runs"]
+    assert runs and len({study.record_key(run) for run in runs}) == len(runs)
+    for run in runs:
+        assert set(run["recipe"]) == {*study.RECIPE_FIELDS, "dataset"} - set(study.IDENTITY_FIELDS)
+        assert len(run["epoch_accuracies"]) == len(run["epoch_train_accuracies"]) == math.ceil(run["epochs"])
+        assert run["final_accuracy"] == run["epoch_accuracies"][-1] <= run["best_accuracy"]
+    for cpu in {run["cpu"] for run in runs}:
+        mine = [run for run in runs if run["cpu"] == cpu and run["recipe"]["dataset"] == "fashion-mnist"]
+        argv = ["--from-record", str(record), "--cpu", cpu, "--out", str(tmp_path / "table"), "--seeds", "0,1,2",
+                "--archs", ",".join({r["arch"] for r in mine}), "--norms", ",".join({r["norm"] for r in mine}),
+                "--epochs", ",".join(f"{r['epochs']:g}" for r in mine)]  # fmt: skip
+        assert study.main(argv) == 0
+        table = (tmp_path / "table" / "parity.md").read_text()
+        study_recipe = study.recipe_of(asdict(study.train_config(study.parse_args(argv), "resnet20", "mimic", 1, 0)),
+                                       "fashion-mnist")  # fmt: skip
+        for run in mine:
+            if run["recipe"] == study_recipe:
+                assert f"s{run['seed']} {100 * run['final_accuracy']:.2f}" in table
