@@ -268,13 +268,22 @@ def difference_cell(values: list[float], reference: list[float], noise: tuple[fl
     return f"**{cell}**" if abs(difference) > half_width else cell
 
 
-def points_by_norm(rows: list[dict]) -> dict[tuple[str, float], dict[str, dict[int, float]]]:
-    """(arch, epochs) -> norm -> seed -> final test accuracy in %."""
+def final_accuracy(row: dict) -> float:
+    return row["final_accuracy"]
+
+
+def points_by_norm(rows: list[dict], value=final_accuracy) -> dict[tuple[str, float], dict[str, dict[int, float]]]:
+    """(arch, epochs) -> norm -> seed -> `value` of the run in % (default: its final test accuracy)."""
     by_point: dict[tuple[str, float], dict[str, dict[int, float]]] = {}
     for row in rows:
         seeds = by_point.setdefault((row["arch"], row["epochs"]), {}).setdefault(row["norm"], {})
-        seeds[row["seed"]] = 100 * row["final_accuracy"]
+        seeds[row["seed"]] = 100 * value(row)
     return by_point
+
+
+def norm_order(norms) -> list[str]:
+    """MimicNorm first, then the others by name: the column and legend order of every output."""
+    return sorted(norms, key=lambda n: (n != "mimic", n))
 
 
 def seed_noise(by_point: dict[tuple[str, float], dict[str, dict[int, float]]]) -> dict[str, tuple[float, int] | None]:
@@ -292,7 +301,7 @@ def summarize(rows: list[dict]) -> str:
     and its difference to BN's mean with a 95 % interval, for the points with a finished run."""
     by_point = points_by_norm(rows)
     noise = seed_noise(by_point)
-    norms = sorted({row["norm"] for row in rows}, key=lambda n: (n != "mimic", n))
+    norms = norm_order({row["norm"] for row in rows})
     header = ["arch", "epochs", *[f"{n} %" for n in norms], *[f"{n} - {REFERENCE_NORM}" for n in norms
                                                                  if n != REFERENCE_NORM]]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -320,15 +329,12 @@ def summarize(rows: list[dict]) -> str:
 def summarize_fit(rows: list[dict]) -> str:
     """Per arch and length: each norm's training accuracy over the last epoch, mean over seeds. Set
     beside the test accuracies it tells underfitting (both lower) from overfitting."""
-    fit: dict[tuple[str, float], dict[str, list[float]]] = {}
-    for row in rows:
-        last_epoch = 100 * row["epoch_train_accuracies"][-1]
-        fit.setdefault((row["arch"], row["epochs"]), {}).setdefault(row["norm"], []).append(last_epoch)
-    norms = sorted({row["norm"] for row in rows}, key=lambda n: (n != "mimic", n))
+    fit = points_by_norm(rows, value=lambda row: row["epoch_train_accuracies"][-1])
+    norms = norm_order({row["norm"] for row in rows})
     lines = ["| arch | epochs | " + " | ".join(f"{n} training %" for n in norms) + " |",
              "|" + "---|" * (2 + len(norms))]  # fmt: skip
     for (arch, epochs), per_norm in sorted(fit.items()):
-        cells = [f"{statistics.mean(per_norm[n]):.2f}" if n in per_norm else "" for n in norms]
+        cells = [f"{statistics.mean(per_norm[n].values()):.2f}" if n in per_norm else "" for n in norms]
         lines.append(f"| {arch} | {epochs:g} | " + " | ".join(cells) + " |")
     note = ("Training accuracy over the last epoch as it ran (mean over seeds; without augmentation the same "
             "images every epoch).")  # fmt: skip
@@ -356,7 +362,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     by_arch = curves(rows)
     figure, axes = plt.subplots(1, len(by_arch), figsize=(5 * len(by_arch), 4), squeeze=False)
     for axis, (arch, per_norm) in zip(axes[0], by_arch.items(), strict=True):
-        for norm in sorted(per_norm, key=lambda n: (n != "mimic", n)):
+        for norm in norm_order(per_norm):
             points = per_norm[norm]
             line = axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=norm)[0]
             for epochs, _, seeds in points:
