@@ -34,7 +34,9 @@ engines.cpu.cpu_kind), and a run is only resumed on that kind, since CPU trainin
 bit-reproducible across micro-architectures. `--record docs/parity_runs.json` merges every finished
 run (recipe, CPU kind, torch, accuracies) into a file kept in the repository, so a study that takes
 longer than a machine lives grows run by run; `--from-record docs/parity_runs.json` tabulates from
-that file instead of run directories, one CPU kind at a time (`--cpu`, default this machine's).
+that file instead of run directories, one CPU kind at a time (`--cpu`, default this machine's) or
+several pooled seed by seed (`--cpu "KIND A;KIND B"`: a seed's runs at a length come from one kind,
+so a kind's offset cancels from a difference; see rows_from_record).
 """
 
 from __future__ import annotations
@@ -217,17 +219,30 @@ def record_runs(args: argparse.Namespace, out: Path, points: list[tuple[str, str
 
 
 def rows_from_record(args: argparse.Namespace, points: list[tuple[str, str, float, int]]) -> list[dict]:
-    """The recorded runs of `points` trained with the asked recipe on CPU kind `args.cpu`."""
+    """The recorded runs of `points` trained with the asked recipe on the CPU kinds `args.cpus`.
+
+    With several kinds, a seed's runs at one length (a block: the same initialization and data
+    order for every norm) all come from one kind, the first listed among those holding the most of
+    the block's runs: a block split across kinds would put a kind's offset into a norm's
+    difference, and one seed trained on two kinds is one draw, not two."""
     runs = read_json(args.from_record, *PARITY_RECORD)["runs"]
     wanted = set(points)
     recipe = recipe_of(asdict(train_config(args, *points[0])), args.dataset)
     same_recipe = [run for run in runs if run["recipe"] == recipe and tuple(run[f] for f in IDENTITY_FIELDS) in wanted]
-    fields = (*IDENTITY_FIELDS, "final_accuracy", "best_accuracy", "epoch_accuracies", "epoch_train_accuracies")
-    rows = [{f: run[f] for f in fields} for run in same_recipe if run["cpu"] == args.cpu]
-    if same_recipe and not rows:
+    fields = (*IDENTITY_FIELDS, "cpu", "final_accuracy", "best_accuracy", "epoch_accuracies", "epoch_train_accuracies")
+    mine = [{f: run[f] for f in fields} for run in same_recipe if run["cpu"] in args.cpus]
+    if same_recipe and not mine:
         kinds = "; ".join(sorted({run["cpu"] for run in same_recipe}))
-        raise UserError(f"{args.from_record} holds no run of these points on {args.cpu}; "
-                        f"pass --cpu with one of: {kinds}")  # fmt: skip
+        raise UserError(f"{args.from_record} holds no run of these points on {'; '.join(args.cpus)}; "
+                        f"pass --cpu with one or more of (separated by ';'): {kinds}")  # fmt: skip
+    blocks: dict[tuple, list[dict]] = {}
+    for row in mine:
+        blocks.setdefault((row["arch"], row["epochs"], row["seed"]), []).append(row)
+    rows = []
+    for block in blocks.values():
+        held = {cpu: sum(row["cpu"] == cpu for row in block) for cpu in args.cpus}
+        kind = max(args.cpus, key=lambda cpu: (held[cpu], -args.cpus.index(cpu)))
+        rows += [row for row in block if row["cpu"] == kind]
     return rows
 
 
@@ -296,12 +311,21 @@ def describe_noise(arch: str, noise: tuple[float, int] | None) -> str:
     return f"{arch}: no point with two seeds" if noise is None else f"{arch}: sd {noise[0]:.2f} points, {noise[1]} df"
 
 
+def kind_labels(rows: list[dict]) -> dict[str, str]:
+    """CPU kind -> A, B, ... when the rows come from more than one kind (pooled from a record), else {}."""
+    kinds = sorted({row["cpu"] for row in rows if "cpu" in row})
+    return {kind: chr(ord("A") + i) for i, kind in enumerate(kinds)} if len(kinds) > 1 else {}
+
+
 def summarize(rows: list[dict]) -> str:
-    """Per arch and length: each norm's mean final accuracy over seeds (each seed's in brackets)
-    and its difference to BN's mean with a 95 % interval, for the points with a finished run."""
+    """Per arch and length: each norm's mean final accuracy over seeds (each seed's in brackets,
+    with its CPU kind's letter when the rows pool several) and its difference to BN's mean with a
+    95 % interval, for the points with a finished run."""
     by_point = points_by_norm(rows)
     noise = seed_noise(by_point)
     norms = norm_order({row["norm"] for row in rows})
+    labels = kind_labels(rows)
+    seed_kind = {(row["arch"], row["epochs"], row["seed"]): f"/{labels[row['cpu']]}" for row in rows if labels}
     header = ["arch", "epochs", *[f"{n} %" for n in norms], *[f"{n} - {REFERENCE_NORM}" for n in norms
                                                                  if n != REFERENCE_NORM]]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -309,7 +333,7 @@ def summarize(rows: list[dict]) -> str:
         cells = [arch, f"{epochs:g}"]
         for norm in norms:
             seeds = per_norm.get(norm, {})
-            each = ", ".join(f"s{k} {v:.2f}" for k, v in sorted(seeds.items()))
+            each = ", ".join(f"s{k}{seed_kind.get((arch, epochs, k), '')} {v:.2f}" for k, v in sorted(seeds.items()))
             cells.append(f"{statistics.mean(seeds.values()):.2f} ({each})" if seeds else "")
         for norm in norms:
             if norm == REFERENCE_NORM:
@@ -323,6 +347,11 @@ def summarize(rows: list[dict]) -> str:
             "Each difference is of the means, ± the half-width of its 95 % interval (Student t) from the "
             f"seed-to-seed standard deviation pooled over every point of the arch ({spread}); bold where the "
             "interval leaves out zero.")  # fmt: skip
+    if labels:
+        note += (" Seeds pooled from CPU kinds " + "; ".join(f"{label} = {kind}" for kind, label in labels.items())
+                 + " (s1/B: seed 1, trained on B). A seed's runs at a length are all of one kind, so a kind's "
+                 "offset cancels from a difference where both norms have the same seeds; the pooled sd "
+                 "includes it.")  # fmt: skip
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -427,7 +456,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-record", type=Path, help="train nothing; tabulate the runs of this record file "
                         "instead of the run directories under --out")  # fmt: skip
     parser.add_argument("--cpu", help="with --from-record: the CPU kind whose runs to tabulate (default: this "
-                        "machine's, e.g. 'AMD EPYC, x86_64 family 25 model 1, avx2')")  # fmt: skip
+                        "machine's, e.g. 'AMD EPYC, x86_64 family 25 model 1, avx2'), or several separated by "
+                        "';' to pool them seed by seed (each seed's runs at a length from one kind)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         args.epochs = [float(e) for e in args.epochs.split(",")]
@@ -445,6 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         from engines.cpu import cpu_kind
 
         args.cpu = cpu_kind()
+    args.cpus = [kind.strip() for kind in args.cpu.split(";")] if args.cpu else []
     return args
 
 

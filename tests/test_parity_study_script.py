@@ -149,7 +149,38 @@ def test_the_record_keeps_finished_runs_with_their_cpu_kind_and_tabulates_like_t
     write_json(record, *PARITY_RECORD, {"runs": runs[:1]})
     assert study.main([*QUICK, "--epochs", "1", "--out", str(elsewhere), "--from-record", str(record)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"pass --cpu with one of: {runs[0]['cpu']}" in error
+    assert error.count("\n") == 1 and f"pass --cpu with one or more of (separated by ';'): {runs[0]['cpu']}" in error
+
+
+def test_several_cpu_kinds_pool_seed_by_seed_each_seeds_runs_from_one_kind(tmp_path, capsys):
+    study = load_script("parity_study")
+    out, record = tmp_path / "parity", tmp_path / "parity_runs.json"
+    assert study.main([*QUICK, "--epochs", "1", "--out", str(out), "--record", str(record)]) == 0
+    here, there = cpu_kind(), "Other CPU, x86_64 family 6 model 85, avx2 avx512f"
+    trained = {run["norm"]: run for run in read_json(record, *PARITY_RECORD)["runs"]}
+
+    def run(norm, seed, cpu, accuracy):
+        return {**trained[norm], "seed": seed, "cpu": cpu, "final_accuracy": accuracy}
+
+    runs = [run("mimic", 0, here, 0.80), run("bn", 0, here, 0.82),  # seed 0: a whole block here
+            run("bn", 0, there, 0.99),  # seed 0 there too, but only BN: left out, not a second draw
+            run("mimic", 1, there, 0.70), run("bn", 1, there, 0.74),  # seed 1: only there
+            run("mimic", 2, here, 0.60), run("mimic", 2, there, 0.65)]  # a tie: the kind listed first wins
+    write_json(record, *PARITY_RECORD, {"runs": runs})
+    table = tmp_path / "table"
+    argv = [*QUICK, "--seeds", "0,1,2", "--epochs", "1", "--out", str(table), "--from-record", str(record)]
+    assert study.main([*argv, "--cpu", f"{there}; {here}"]) == 0
+    lines = (table / "parity.md").read_text().splitlines()
+    h, t = (dict(zip(sorted([here, there]), "AB", strict=True))[kind] for kind in (here, there))  # letters by name
+    # Seed variances 175/3 (mimic: 80, 70, 65) and 32 (bn: 82, 74) pool over 3 df.
+    half_width = study.t_quantile_975(3) * math.sqrt((2 * 175 / 3 + 32) / 3) * math.sqrt(1 / 3 + 1 / 2)
+    assert lines[2] == (f"| resnet20 | 1 | 71.67 (s0/{h} 80.00, s1/{t} 70.00, s2/{t} 65.00) "
+                        f"| 78.00 (s0/{h} 82.00, s1/{t} 74.00) | -6.33 ± {half_width:.2f} |")  # fmt: skip
+    assert f"{h} = {here}" in lines[4] and f"{t} = {there}" in lines[4]
+    # One kind alone: its runs only, no letters.
+    assert study.main([*argv, "--cpu", here]) == 0
+    assert (table / "parity.md").read_text().splitlines()[2].startswith("| resnet20 | 1 | 70.00 (s0 80.00, s2 60.00) |")
+    capsys.readouterr()
 
 
 def test_a_run_started_on_another_cpu_kind_is_not_resumed_here(tmp_path, capsys):
