@@ -240,8 +240,8 @@ def rows_from_record(args: argparse.Namespace, points: list[tuple[str, str, floa
         blocks.setdefault((row["arch"], row["epochs"], row["seed"]), []).append(row)
     rows = []
     for block in blocks.values():
-        held = {cpu: sum(row["cpu"] == cpu for row in block) for cpu in args.cpus}
-        kind = max(args.cpus, key=lambda cpu: (held[cpu], -args.cpus.index(cpu)))
+        held = [sum(row["cpu"] == cpu for row in block) for cpu in args.cpus]
+        kind = args.cpus[held.index(max(held))]  # index(): the first listed among the most held
         rows += [row for row in block if row["cpu"] == kind]
     return rows
 
@@ -455,8 +455,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "this file, e.g. docs/parity_runs.json, the study's record kept in the repository")  # fmt: skip
     parser.add_argument("--from-record", type=Path, help="train nothing; tabulate the runs of this record file "
                         "instead of the run directories under --out")  # fmt: skip
-    parser.add_argument("--cpu", help="with --from-record: the CPU kind whose runs to tabulate (default: this "
-                        "machine's, e.g. 'AMD EPYC, x86_64 family 25 model 1, avx2'), or several separated by "
+    parser.add_argument("--cpu", dest="cpus", type=lambda kinds: [kind.strip() for kind in kinds.split(";")],
+                        help="with --from-record: the CPU kind whose runs to tabulate (default: this machine's, "
+                        "e.g. 'AMD EPYC, x86_64 family 25 model 1, avx2'), or several separated by "
                         "';' to pool them seed by seed (each seed's runs at a length from one kind)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
@@ -469,13 +470,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.archs, args.norms = args.archs.split(","), args.norms.split(",")
     if args.from_record and args.record:
         parser.error("--from-record reads a record and --record writes one: pass one of them")
-    if args.cpu and not args.from_record:
+    if args.cpus and not args.from_record:
         parser.error("--cpu chooses whose recorded runs to tabulate: pass it with --from-record")
-    if args.from_record and not args.cpu:
+    if args.from_record and not args.cpus:
         from engines.cpu import cpu_kind
 
-        args.cpu = cpu_kind()
-    args.cpus = [kind.strip() for kind in args.cpu.split(";")] if args.cpu else []
+        args.cpus = [cpu_kind()]
     return args
 
 
